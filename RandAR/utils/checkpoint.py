@@ -1,0 +1,143 @@
+"""Checkpoint I/O: safetensors read/write, torch checkpoints with `weights_only=True`, strict loading.
+
+Every model load in the project goes through `load_model_weights`, so a checkpoint that does not fit the
+config fails the same way everywhere: with the missing, unexpected and mis-shaped keys listed and, where
+one of the shipped configs would fit, its name.
+"""
+import glob
+import os
+from typing import Dict, Mapping, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+# Prefixes added by DDP (`module.`) and torch.compile (`_orig_mod.`); never part of the official keys.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointMismatchError(RuntimeError):
+    pass
+
+
+def load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    with safe_open(path, framework="pt", device="cpu") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None):
+    """Write to a temporary name, then rename: a crash never leaves a half-written file under `path`."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def save_model_safetensors(model: torch.nn.Module, path: str, metadata: Optional[Dict[str, str]] = None):
+    atomic_save_safetensors(model.state_dict(), path, metadata)
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in WRAPPER_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def read_state_dict(path: str, entry: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Read a state dict from `.safetensors`, or from a torch file (`.pt`/`.pth`/`.bin`) with weights_only.
+
+    Torch files may hold the state dict itself or a dict with it under `entry` (or `model`, `ema`,
+    `state_dict`), as LlamaGen's `vq_ds16_c2i.pt` does with `model`.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        sd = load_safetensors(path)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointMismatchError(
+                f"could not read {path} as a torch checkpoint with weights_only=True ({type(e).__name__}: {e}). "
+                "Is it a complete download of a weights file?") from e
+        sd = obj
+        if isinstance(obj, dict):
+            for key in ([entry] if entry else []) + ["model", "state_dict"]:
+                if key in obj and isinstance(obj[key], dict):
+                    sd = obj[key]
+                    break
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointMismatchError(f"{path} does not hold a state dict (tensor mapping)")
+    return strip_wrapper_prefixes(sd)
+
+
+def _shape_report(model_sd, sd):
+    missing = sorted(set(model_sd) - set(sd))
+    unexpected = sorted(set(sd) - set(model_sd))
+    mis_shaped = sorted(k for k in set(sd) & set(model_sd) if tuple(sd[k].shape) != tuple(model_sd[k].shape))
+    return missing, unexpected, mis_shaped
+
+
+def _meta_shapes(config) -> Dict[str, tuple]:
+    from RandAR.utils.config import instantiate_from_config
+
+    with torch.device("meta"):
+        model = instantiate_from_config(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def suggest_config(state_dict: Mapping[str, torch.Tensor], config_root: str = CONFIG_ROOT) -> Optional[str]:
+    """Name a shipped YAML config whose model has exactly these keys and shapes, if any."""
+    from omegaconf import OmegaConf
+
+    want = {k: tuple(v.shape) for k, v in state_dict.items()}
+    for path in sorted(glob.glob(os.path.join(config_root, "*", "*.yaml"))):
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception:
+            continue
+        for section in ("ar_model", "tokenizer", "model"):
+            if section in cfg and "target" in cfg[section]:
+                try:
+                    if _meta_shapes(cfg[section]) == want:
+                        return os.path.relpath(path, os.path.dirname(config_root))
+                except Exception:
+                    pass
+    return None
+
+
+def load_model_weights(model: torch.nn.Module, path_or_state_dict, source: Optional[str] = None, entry: Optional[str] = None):
+    """Load strictly; on any key or shape mismatch raise CheckpointMismatchError naming the file and the fix."""
+    if isinstance(path_or_state_dict, str):
+        source = source or path_or_state_dict
+        sd = read_state_dict(path_or_state_dict, entry=entry)
+    else:
+        sd = strip_wrapper_prefixes(path_or_state_dict)
+    source = source or "<state dict>"
+    model_sd = model.state_dict()
+    missing, unexpected, mis_shaped = _shape_report(model_sd, sd)
+    if missing or unexpected or mis_shaped:
+        def show(keys, fmt=str, n=8):
+            s = ", ".join(fmt(k) for k in keys[:n])
+            return s + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+        lines = [f"checkpoint {source} does not fit the {type(model).__name__} built from the config:"]
+        if missing:
+            lines.append(f"  missing keys: {show(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys: {show(unexpected)}")
+        if mis_shaped:
+            lines.append("  mis-shaped keys: " + show(
+                mis_shaped, lambda k: f"{k} checkpoint {list(sd[k].shape)} vs model {list(model_sd[k].shape)}"))
+        hint = suggest_config(sd)
+        lines.append(f"  a config that fits this checkpoint: {hint}" if hint else
+                     "  no shipped config fits it: check that --config matches the checkpoint you passed.")
+        raise CheckpointMismatchError("\n".join(lines))
+    model.load_state_dict(sd, strict=True)
+    return model

@@ -1,0 +1,250 @@
+"""The random-order GPT against the original code's reference outputs, and properties with known answers."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from RandAR.model.generate import parallel_decoding_schedule
+from RandAR.model.randar_gpt import RandARTransformer
+from RandAR.utils.checkpoint import CheckpointMismatchError, load_model_weights, suggest_config
+from RandAR.utils.config import instantiate_from_config
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_args(**overrides):
+    args = json.load(open(os.path.join(FIX, "randar_tiny_config.json")))["constructor_args"]
+    args.update(overrides)
+    return args
+
+
+@pytest.fixture(scope="module")
+def ref_model():
+    model = RandARTransformer(**tiny_args()).eval()
+    load_model_weights(model, os.path.join(FIX, "randar_tiny.safetensors"))
+    return model
+
+
+def random_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = RandARTransformer(**tiny_args(**overrides)).eval()
+    with torch.no_grad():  # well-separated logits, as in the fixture
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn_like(p) + (1.0 if p.ndim == 1 else 0.0))
+    return model
+
+
+# ---- reference fixtures --------------------------------------------------------------------------------
+def test_forward_matches_reference(ref_model):
+    ref = load_file(os.path.join(FIX, "randar_tiny_forward.safetensors"))
+    logits, loss, order = ref_model(ref["idx"], ref["cond"], token_order=ref["token_order"], targets=ref["idx"])
+    torch.testing.assert_close(logits, ref["token_logits"], atol=5e-4, rtol=1e-4)
+    assert abs(loss.item() - ref["loss"].item()) < 5e-5
+    torch.testing.assert_close(ref_model.freqs_cis, ref["freqs_cis"], atol=1e-6, rtol=0)
+    assert torch.equal(order, ref["token_order"])
+
+
+def test_generate_matches_reference_every_case(ref_model):
+    ref = load_file(os.path.join(FIX, "randar_tiny_generate.safetensors"))
+    meta = json.load(open(os.path.join(FIX, "randar_tiny_generate.json")))
+    assert len(meta["cases"]) == 10
+    for case in meta["cases"]:
+        call, name = case["call"], case["case"]
+        ids, logits = ref_model.generate(ref["cond"], token_order=ref["token_order"], cfg_scales=call["cfg_scales"],
+                                         num_inference_steps=call["num_inference_steps"], temperature=1.0,
+                                         top_k=call["top_k"], top_p=call["top_p"], return_logits=True)
+        assert torch.equal(ids, ref[f"{name}.result_indices"]), name
+        torch.testing.assert_close(logits, ref[f"{name}.step_logits"], atol=5e-4, rtol=1e-4, msg=name)
+        assert parallel_decoding_schedule(16, call["num_inference_steps"]) == case["tokens_per_step"]
+
+
+def test_schedule_matches_reference():
+    settings = json.load(open(os.path.join(FIX, "schedule.json")))
+    settings = settings["settings"] if isinstance(settings, dict) and "settings" in settings else settings
+    assert len(settings) == 11
+    for s in settings:
+        counts = parallel_decoding_schedule(s["block_size"], s["num_inference_steps"])
+        assert counts == s["tokens_per_step"], s
+        assert len(counts) == s["steps_executed"] and sum(counts) == s["block_size"]
+
+
+def _listing(name):
+    header, keys = {}, {}
+    for line in open(os.path.join(FIX, name)):
+        if line.startswith("#"):
+            k, _, v = line[1:].partition(":")
+            header[k.strip()] = v.strip()
+        elif line.strip():
+            key, shape, _ = line.rstrip("\n").split("\t")
+            keys[key] = tuple(json.loads(shape))
+    return header, keys
+
+
+@pytest.mark.parametrize("config,listing", [
+    ("randar_l_0.3b_llamagen.yaml", "keys_randar_l_0.3b_llamagen.txt"),
+    ("randar_l_0.3b_maskgit.yaml", "keys_randar_l_0.3b_maskgit.txt"),
+    ("randar_xl_0.7b_llamagen.yaml", "keys_randar_xl_0.7b_llamagen.txt"),
+    ("randar_xxl_1.4b_llamagen.yaml", "keys_randar_xxl_1.4b_llamagen_INFERRED.txt"),
+])
+def test_official_configs_match_key_listings(config, listing):
+    header, want = _listing(listing)
+    cfg = OmegaConf.load(os.path.join(ROOT, "configs", "randar", config))
+    with torch.device("meta"):
+        model = instantiate_from_config(cfg.ar_model)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(got) == list(want)  # same keys, same order
+    assert got == want
+    assert sum(p.numel() for p in model.parameters()) == int(header["total_parameters"])
+
+
+def test_tiny_fixture_loads_strictly_and_suggests_config(ref_model):
+    sd = load_file(os.path.join(FIX, "randar_tiny.safetensors"))
+    assert set(ref_model.state_dict()) == set(sd)  # no RoPE table, mask or cache in the state dict
+    wrong = RandARTransformer(**tiny_args(vocab_size=32))
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_model_weights(wrong, os.path.join(FIX, "randar_tiny.safetensors"))
+    msg = str(e.value)
+    assert "randar_tiny.safetensors" in msg and "tok_embeddings.weight" in msg and "[64, 64]" in msg
+    assert "configs/randar/randar_tiny.yaml" in msg
+    # A DDP/compile-wrapped state dict loads too.
+    wrapped = {"module._orig_mod." + k: v for k, v in sd.items()}
+    load_model_weights(RandARTransformer(**tiny_args()), wrapped)
+    assert suggest_config({k: v for k, v in sd.items() if k != "norm.weight"}) is None
+
+
+# ---- properties with known answers ---------------------------------------------------------------------
+def test_cached_steps_equal_teacher_forcing_with_cfg():
+    """One token per step: every step's logits equal one teacher-forced pass over the finished sequence
+    (the class and the null-class pass combined with the linear CFG scale of that step)."""
+    model = random_model(1)
+    B, N = 3, model.block_size
+    cond = torch.tensor([1, 4, 7])
+    order = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(i)) for i in range(B)])
+    ids, step_logits = model.generate(cond, token_order=order, cfg_scales=(1.0, 3.0), num_inference_steps=-1,
+                                      temperature=1.0, top_k=0, return_logits=True)
+    c, _, _ = model(ids, cond, token_order=order)
+    u, _, _ = model(ids, torch.full_like(cond, model.num_classes), token_order=order)
+    scale = (1.0 + 2.0 * torch.arange(N) / N).view(1, N, 1)
+    torch.testing.assert_close(step_logits, u + scale * (c - u), atol=1e-4, rtol=1e-4)
+
+
+def test_parallel_decoding_with_known_prefix_equals_teacher_forcing():
+    """Several tokens per step and a known prefix: a step's first query sees exactly the teacher-forced
+    context, so its logits equal the teacher-forced ones; the known tokens come back unchanged."""
+    model = random_model(2)
+    B, N, K = 2, model.block_size, 5
+    cond = torch.tensor([3, 9])
+    order = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(10 + i)) for i in range(B)])
+    known = torch.randint(0, model.vocab_size, (B, K))
+    ids, step_logits = model.generate(cond, token_order=order, num_inference_steps=4, known_tokens=known,
+                                      return_logits=True)
+    assert torch.equal(ids.gather(1, order[:, :K]), known)
+    tf, _, _ = model(ids, cond, token_order=order)
+    counts = parallel_decoding_schedule(N - K, 4)
+    firsts = [K + sum(counts[:i]) for i in range(len(counts))]
+    torch.testing.assert_close(step_logits[:, firsts], tf[:, firsts], atol=1e-4, rtol=1e-4)
+
+
+def _position_oracle(model):
+    """Rewire a model so that its greedy prediction at query q_i is the raster index of target position o_i:
+    residual branches off, so the logits are output(norm(q_i)); output row p = norm(q of position p)."""
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attention.wo.weight.zero_()
+            layer.feed_forward.w2.weight.zero_()
+        model.norm.weight.fill_(1.0)
+        all_pos = torch.arange(model.block_size)[None]
+        q = model.position_instruction_tokens(model.freqs_cis[model.cls_token_num:][all_pos])[0]
+        model.output.weight.zero_()
+        model.output.weight[: model.block_size] = model.norm(q)
+    return model
+
+
+@pytest.mark.parametrize("steps", [-1, 6, 3])
+def test_ids_come_back_in_raster_order_for_any_permutation(steps):
+    model = _position_oracle(random_model(3))
+    B, N = 4, model.block_size
+    order = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(20 + i)) for i in range(B)])
+    ids = model.generate(torch.tensor([0, 1, 2, 3]), token_order=order, cfg_scales=(1.0, 1.0),
+                         num_inference_steps=steps, top_k=1)
+    assert torch.equal(ids, torch.arange(N).expand(B, N))
+
+
+def test_no_cache_left_after_generate_and_training_still_works():
+    model = random_model(4)
+    keys = set(model.state_dict())
+    model.generate(torch.tensor([1, 2]), cfg_scales=(2.0, 2.0), num_inference_steps=4)
+    assert set(model.state_dict()) == keys
+    assert all(layer.attention.kv_cache is None for layer in model.layers)
+    model.train()
+    _, loss, _ = model(torch.randint(0, 64, (2, 16)), torch.tensor([1, 2]), targets=torch.randint(0, 64, (2, 16)))
+    loss.backward()
+    assert math.isfinite(loss.item())
+
+
+def test_grouped_query_attention_generates_and_matches_teacher_forcing():
+    model = random_model(5, n_kv_head=2)
+    assert model.layers[0].attention.wqkv.weight.shape[0] == (4 + 2 * 2) * 16
+    cond = torch.tensor([5, 6])
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    ids, logits = model.generate(cond, token_order=order, num_inference_steps=-1, return_logits=True)
+    tf, _, _ = model(ids, cond, token_order=order)
+    torch.testing.assert_close(logits, tf, atol=1e-4, rtol=1e-4)
+
+
+def test_cfg_without_null_class_is_a_clear_error():
+    model = random_model(6, class_dropout_prob=0.0)
+    assert model.cls_embedding.embedding_table.num_embeddings == 10
+    with pytest.raises(ValueError, match="null class"):
+        model.generate(torch.tensor([1]), cfg_scales=(1.0, 4.0))
+    model.generate(torch.tensor([1]), cfg_scales=(1.0, 1.0))  # no guidance: fine
+
+
+def test_bad_inputs_are_rejected():
+    model = random_model(7)
+    with pytest.raises(ValueError, match="class ids"):
+        model.generate(torch.tensor([11]))
+    with pytest.raises(ValueError, match="permutation"):
+        model.generate(torch.tensor([1]), token_order=torch.zeros(1, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="known token ids"):
+        model.generate(torch.tensor([1]), token_order=torch.arange(16)[None], known_tokens=torch.tensor([[64]]))
+
+
+def test_training_orders_are_permutations_and_label_dropout_uses_null_row():
+    model = random_model(8)
+    order = model.random_token_order(64, "cpu")
+    assert torch.equal(order.sort(1).values, torch.arange(16).expand(64, 16))
+    assert len({tuple(o.tolist()) for o in order}) == 64  # drawn per sample
+    raster = RandARTransformer(**tiny_args(position_order="raster"))
+    assert torch.equal(raster.random_token_order(2, "cpu"), torch.arange(16).expand(2, 16))
+    model.train()
+    model.cls_embedding.dropout_prob = 1.0
+    emb = model.cls_embedding(torch.tensor([1, 2]), train=True)
+    torch.testing.assert_close(emb[:, 0], model.cls_embedding.embedding_table.weight[10].expand(2, -1))
+
+
+def test_seeded_sampling_is_batch_independent():
+    model = random_model(9)
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(3)])
+    cond, seeds = torch.tensor([1, 2, 3]), torch.tensor([100, 200, 300])
+    together = model.generate(cond, token_order=order, cfg_scales=(1.0, 3.0), num_inference_steps=6, seeds=seeds)
+    alone = model.generate(cond[1:2], token_order=order[1:2], cfg_scales=(1.0, 3.0), num_inference_steps=6,
+                           seeds=seeds[1:2])
+    assert torch.equal(together[1:2], alone)
+    other = model.generate(cond, token_order=order, cfg_scales=(1.0, 3.0), num_inference_steps=6, seeds=seeds + 1)
+    assert not torch.equal(together, other)
+
+
+def test_bf16_smoke():
+    model = random_model(10).to(torch.bfloat16)
+    ids = model.generate(torch.tensor([1, 2]), cfg_scales=(1.0, 4.0), num_inference_steps=5, top_k=10, top_p=0.9)
+    assert ids.shape == (2, 16) and ids.dtype == torch.long and 0 <= ids.min() and ids.max() < 64
+    model.train()
+    _, loss, _ = model(ids, torch.tensor([1, 2]), targets=ids)
+    assert math.isfinite(loss.item())
+    assert model.freqs_cis.dtype == torch.float32  # RoPE stays float32 under a bf16 model
