@@ -1,0 +1,264 @@
+"""The ADM (guided-diffusion) ImageNet evaluator: FID, sFID, Inception Score, precision and recall of a sample
+batch against a reference batch, both .npz files holding uint8 images [N, H, W, 3] under `arr_0`.
+
+    python -m RandAR.eval.fid VIRTUAL_imagenet256_labeled.npz samples.npz [--inception-path P] [--batch-size N]
+
+Two layers, so other networks can plug in:
+  - `evaluate_with(extractor, ref, sample)` streams both files through any `FeatureExtractor` and scores the
+    features with RandAR.eval.metrics;
+  - `InceptionV3TF` is ADM's extractor: the frozen TF Inception-v3 graph `classify_image_graph_def.pb`, read
+    from a local file (no network at run time). `evaluate(ref, sample)` uses it.
+"""
+import argparse
+import json
+import os
+import zipfile
+from contextlib import contextmanager
+from typing import Iterator, Optional, Protocol, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from RandAR.eval import metrics
+
+INCEPTION_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/classify_image_graph_def.pb"
+INCEPTION_ENV = "RANDAR_INCEPTION_PATH"
+DEFAULT_INCEPTION_PATH = "~/.cache/randar/classify_image_graph_def.pb"
+
+# Tensor names inside the graph, as ADM uses them. The graph decodes a JPEG, casts it to float and adds a batch
+# axis at `ExpandDims`; ADM feeds float images in [0, 255] there, so the graph's own bilinear resize to 299 and
+# (x - 128) / 128 scaling still apply.
+INPUT_TENSOR = "ExpandDims:0"
+POOL_TENSOR = "pool_3:0"  # (N, 1, 1, 2048): FID, precision, recall
+SPATIAL_TENSOR = "mixed_6/conv:0"  # (N, 17, 17, 768): sFID uses the first 7 channels
+LOGITS_MATMUL_OP = "softmax/logits/MatMul"  # its 2nd input is the (2048, 1008) classifier weight
+SPATIAL_CHANNELS = 7
+
+METRIC_NAMES = ("fid", "sfid", "inception_score", "precision", "recall")
+
+
+class InceptionGraphMissing(FileNotFoundError):
+    """The Inception-v3 graph file is not on disk; the message says where to get it and where to put it."""
+
+
+class FeatureExtractor(Protocol):
+    """What `evaluate_with` needs from a network."""
+
+    def pool_features(self, images: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+        """uint8 images (N, H, W, 3) -> (pool (N, D) for FID/precision/recall,
+        spatial (N, D2) for sFID or None to skip sFID, class probabilities (N, C) for IS)."""
+        ...
+
+
+# ---------------------------------------------------------------- ADM's Inception-v3 extractor (TensorFlow)
+
+def resolve_inception_path(path: Optional[str] = None) -> str:
+    """`path`, else $RANDAR_INCEPTION_PATH, else ~/.cache/randar/classify_image_graph_def.pb; must exist."""
+    path = os.path.expanduser(path or os.environ.get(INCEPTION_ENV) or DEFAULT_INCEPTION_PATH)
+    if not os.path.isfile(path):
+        raise InceptionGraphMissing(
+            f"Inception-v3 graph not found at {path}.\n"
+            f"Download ADM's copy once (it is never fetched at run time):\n"
+            f"  mkdir -p {os.path.dirname(path) or '.'} && wget -O {path} {INCEPTION_URL}\n"
+            f"or point to an existing file with --inception-path or ${INCEPTION_ENV}."
+        )
+    return path
+
+
+class InceptionV3TF:
+    """ADM's features from the frozen TF Inception-v3 graph: pool_3 (2048), mixed_6/conv first 7 channels
+    flattened (17*17*7), and softmax(pool_3 @ W) with the graph's classifier weight W and no bias, as ADM."""
+
+    def __init__(self, inception_path: Optional[str] = None):
+        path = resolve_inception_path(inception_path)
+        # Imported here so the metrics and other extractors do not pay for (or need) TensorFlow.
+        import tensorflow.compat.v1 as tf
+
+        graph_def = tf.GraphDef()
+        with open(path, "rb") as f:
+            graph_def.ParseFromString(f.read())
+        graph = tf.Graph()
+        with graph.as_default():
+            self._images = tf.placeholder(tf.float32, shape=[None, None, None, 3])
+            # ADM also patches static batch sizes of 1 to None (a TF1-era TTUR fix); TF2 infers shapes in C++
+            # from the mapped input, and the patch does not change what is computed, so it is left out.
+            pool, spatial, matmul = tf.import_graph_def(
+                graph_def,
+                input_map={INPUT_TENSOR: self._images},
+                return_elements=[POOL_TENSOR, SPATIAL_TENSOR, LOGITS_MATMUL_OP],
+                name="inception",
+            )
+            self._pool = pool  # (N, 1, 1, D)
+            self._spatial = spatial[..., :SPATIAL_CHANNELS]  # (N, h, w, 7)
+            self._pool_in = tf.placeholder(tf.float32, shape=[None, None])
+            self._probs = tf.nn.softmax(tf.matmul(self._pool_in, matmul.inputs[1]))  # (N, C)
+        config = tf.ConfigProto(allow_soft_placement=True)  # the graph's DecodeJpeg op has no GPU kernel
+        config.gpu_options.allow_growth = True
+        self.session = tf.Session(graph=graph, config=config)
+
+    def pool_features(self, images: np.ndarray):
+        pool, spatial = self.session.run([self._pool, self._spatial], {self._images: images.astype(np.float32)})
+        pool = pool.reshape(len(pool), -1)  # (N, D)
+        # ADM runs the softmax on the stored pool features; feeding them back keeps the same float32 input.
+        probs = self.session.run(self._probs, {self._pool_in: pool})
+        return pool, spatial.reshape(len(spatial), -1), probs
+
+    def close(self):
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- streaming .npz reading
+
+@contextmanager
+def _open_npy(npz_path: str, key: str):
+    """Open member `key`.npy of an .npz (stored or deflated) -> (file positioned at the data, shape, dtype)."""
+    with zipfile.ZipFile(npz_path) as zf:
+        name = f"{key}.npy"
+        if name not in zf.namelist():
+            raise KeyError(f"{npz_path} has no array '{key}' (has {sorted(zf.namelist())})")
+        with zf.open(name) as f:
+            version = np.lib.format.read_magic(f)
+            assert version in ((1, 0), (2, 0)), f"{npz_path}:{name}: unsupported .npy version {version}"
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(f)
+            assert not fortran_order and not dtype.hasobject, f"{npz_path}:{name}: need a C-ordered plain array"
+            yield f, shape, dtype
+
+
+def npz_shape(npz_path: str, key: str = "arr_0") -> tuple:
+    """Shape of one array in an .npz, from its header only."""
+    with _open_npy(npz_path, key) as (_, shape, _dtype):
+        return shape
+
+
+def iter_npz_batches(npz_path: str, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
+    """Yield consecutive [<=batch_size, ...] slices of one .npz array, reading only one batch at a time."""
+    with _open_npy(npz_path, key) as (f, shape, dtype):
+        row_bytes = dtype.itemsize * int(np.prod(shape[1:]))
+        for start in range(0, shape[0], batch_size):
+            n = min(batch_size, shape[0] - start)
+            data = f.read(n * row_bytes)
+            if len(data) != n * row_bytes:
+                raise ValueError(f"{npz_path}:{key}: truncated, rows {start}..{start + n} are missing")
+            yield np.frombuffer(data, dtype=dtype).reshape(n, *shape[1:])
+
+
+# ---------------------------------------------------------------- evaluation
+
+def read_precomputed_statistics(npz_path: str):
+    """((mu, sigma), (mu_s, sigma_s)) stored in an .npz (ADM's reference batches have them), else None."""
+    with np.load(npz_path) as data:
+        if "mu" not in data.files:
+            return None
+        return (data["mu"], data["sigma"]), (data["mu_s"], data["sigma_s"])
+
+
+def extract_features(extractor: FeatureExtractor, npz_path: str, batch_size: int = 64, keep_spatial: bool = True):
+    """Stream `arr_0` of an .npz through the extractor -> (pool (N, D), spatial (N, D2) or None, probs (N, C))."""
+    shape = npz_shape(npz_path)
+    assert len(shape) == 4 and shape[-1] == 3, f"{npz_path}: arr_0 must be images (N, H, W, 3), got {shape}"
+    n = shape[0]
+    pool = spatial = probs = None
+    start = 0
+    batches = tqdm(iter_npz_batches(npz_path, batch_size), total=-(-n // batch_size),
+                   desc=f"features {os.path.basename(npz_path)}")
+    for images in batches:
+        assert images.dtype == np.uint8, f"{npz_path}: images must be uint8 in [0, 255], got {images.dtype}"
+        p, s, q = extractor.pool_features(images)
+        if pool is None:  # widths are known after the first batch; fill preallocated arrays, no concatenation
+            pool = np.empty((n, p.shape[1]), p.dtype)
+            probs = np.empty((n, q.shape[1]), q.dtype)
+            if keep_spatial and s is not None:
+                spatial = np.empty((n, s.shape[1]), s.dtype)
+        end = start + len(images)
+        pool[start:end], probs[start:end] = p, q
+        if spatial is not None:
+            spatial[start:end] = s
+        start = end
+    return pool, spatial, probs
+
+
+def _computed_statistics(pool, spatial):
+    """((mu, sigma), (mu_s, sigma_s) or None) from features."""
+    return metrics.compute_statistics(pool), (None if spatial is None else metrics.compute_statistics(spatial))
+
+
+def evaluate_with(extractor: FeatureExtractor, ref_npz: str, sample_npz: str, batch_size: int = 64,
+                  with_precision_recall: bool = True) -> dict:
+    """All five metrics of `sample_npz` against `ref_npz` with any feature extractor.
+
+    Statistics stored in a file (mu, sigma, mu_s, sigma_s) are used instead of its features, for both files as
+    in ADM. The reference images are read only when needed: for precision/recall, or when the reference file
+    has no stored statistics. sfid is None when the extractor gives no spatial features; precision and recall
+    are None when `with_precision_recall` is False.
+    """
+    sample_stored = read_precomputed_statistics(sample_npz)
+    pool, spatial, probs = extract_features(extractor, sample_npz, batch_size, keep_spatial=sample_stored is None)
+    sample_stats, sample_stats_s = sample_stored or _computed_statistics(pool, spatial)
+
+    ref_stored = read_precomputed_statistics(ref_npz)
+    ref_pool = None
+    if with_precision_recall or ref_stored is None:
+        ref_pool, ref_spatial, _ = extract_features(extractor, ref_npz, batch_size, keep_spatial=ref_stored is None)
+        ref_stats, ref_stats_s = ref_stored or _computed_statistics(ref_pool, ref_spatial)
+    else:
+        ref_stats, ref_stats_s = ref_stored
+
+    result = {
+        "fid": metrics.frechet_distance(*sample_stats, *ref_stats),
+        "sfid": None,
+        "inception_score": metrics.inception_score(probs),
+        "precision": None,
+        "recall": None,
+    }
+    if sample_stats_s is not None and ref_stats_s is not None:
+        result["sfid"] = metrics.frechet_distance(*sample_stats_s, *ref_stats_s)
+    if with_precision_recall:
+        result["precision"], result["recall"] = metrics.precision_recall(ref_pool, pool)
+    return result
+
+
+def evaluate(ref_npz: str, sample_npz: str, batch_size: int = 64, inception_path: Optional[str] = None,
+             with_precision_recall: bool = True) -> dict:
+    """ADM's numbers: `evaluate_with` on the TF Inception-v3 graph -> dict(fid, sfid, inception_score, precision,
+    recall). Raises InceptionGraphMissing before reading any data when the graph file is absent."""
+    with InceptionV3TF(inception_path) as extractor:
+        return evaluate_with(extractor, ref_npz, sample_npz, batch_size, with_precision_recall)
+
+
+def metrics_json_path(sample_npz: str) -> str:
+    """samples.npz -> samples.metrics.json, next to it."""
+    return os.path.splitext(sample_npz)[0] + ".metrics.json"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="ADM evaluator: FID, sFID, IS, precision, recall of a sample .npz")
+    parser.add_argument("ref_batch", help="reference .npz, e.g. VIRTUAL_imagenet256_labeled.npz")
+    parser.add_argument("sample_batch", help="sample .npz with uint8 images (N, H, W, 3) in arr_0")
+    parser.add_argument("--inception-path", default=None,
+                        help=f"classify_image_graph_def.pb (default: ${INCEPTION_ENV} or {DEFAULT_INCEPTION_PATH})")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per Inception forward pass")
+    args = parser.parse_args(argv)
+
+    try:
+        result = evaluate(args.ref_batch, args.sample_batch, args.batch_size, args.inception_path)
+    except InceptionGraphMissing as e:
+        raise SystemExit(f"error: {e}")  # one message, no traceback
+    for name in METRIC_NAMES:
+        print(f"{name}: {result[name]}")
+    out = metrics_json_path(args.sample_batch)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""Evaluation metrics against closed forms, and the ADM evaluator end to end on a tiny synthetic Inception graph.
+
+The synthetic graph carries the tensor names the evaluator reads from the real classify_image_graph_def.pb
+(ExpandDims:0, mixed_6/conv:0, pool_3:0, softmax/logits/MatMul) with small widths, so its features can be
+recomputed here in numpy and the metrics checked against an independent computation.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from RandAR.eval import fid, metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- Frechet distance
+
+def _closed_form_fid(mu1, s1, mu2, s2):
+    """Independent of sqrtm: tr sqrt(s1 s2) = sum of sqrt of the (real, >= 0) eigenvalues of s1 s2."""
+    eig = np.linalg.eigvals(np.asarray(s1, np.float64) @ np.asarray(s2, np.float64)).real.clip(min=0)
+    d = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return float(d @ d + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(eig).sum())
+
+
+def test_frechet_diagonal_covariances():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    a, b = rng.uniform(0.1, 3, size=6), rng.uniform(0.1, 3, size=6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(a + b - 2 * np.sqrt(a * b))
+    assert metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_commuting_covariances_and_identity():
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))  # shared eigenvectors -> s1, s2 commute
+    a, b = rng.uniform(0.1, 2, size=5), rng.uniform(0.1, 2, size=5)
+    s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(a + b - 2 * np.sqrt(a * b))
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+    assert metrics.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-9)
+
+
+def test_compute_statistics_matches_numpy():
+    x = np.random.default_rng(2).normal(size=(50, 4)).astype(np.float32)
+    mu, sigma = metrics.compute_statistics(x)
+    assert mu.dtype == np.float32 and sigma.dtype == np.float64  # ADM's dtypes
+    np.testing.assert_allclose(mu, x.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64).T), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- Inception Score
+
+def test_inception_score_closed_forms():
+    c = 7
+    one_hot = np.tile(np.eye(c, dtype=np.float32), (3, 1))  # every class equally often: IS = C
+    assert metrics.inception_score(one_hot) == pytest.approx(c, rel=1e-6)
+    same = np.tile(np.random.default_rng(3).dirichlet(np.ones(c)), (10, 1))  # p(y|x) = p(y): IS = 1
+    assert metrics.inception_score(same) == pytest.approx(1.0, rel=1e-6)
+    # Splits are consecutive blocks; the score is the mean of the per-split scores.
+    assert metrics.inception_score(np.concatenate([one_hot[:c], same[:c]]), split_size=c) == pytest.approx(
+        (c + 1) / 2, rel=1e-6)
+
+
+def test_inception_score_general_probabilities():
+    p = np.random.default_rng(4).dirichlet(np.ones(5) * 0.5, size=40)
+    py = p.mean(0)
+    expected = np.exp(np.mean(np.sum(p * np.log(p / py), axis=1)))
+    assert metrics.inception_score(p) == pytest.approx(expected, rel=1e-10)
+
+
+# ---------------------------------------------------------------- precision / recall
+
+def test_precision_recall_on_a_line():
+    # Reference points 0..9 on the x axis; k = 3: radius^2 of point 0 is 9 (its 3rd neighbour is 3).
+    ref = np.stack([np.arange(10.0), np.zeros(10)], 1).astype(np.float32)
+    radii = metrics.manifold_radii(ref, k=3)
+    np.testing.assert_array_equal(radii, [9, 4, 4, 4, 4, 4, 4, 4, 4, 9])
+    # -3 is on the boundary of point 0's ball (inside, <=); -3.5 and 20 are outside every ball; the other three
+    # lie within distance 1 of a reference point (radius^2 >= 4).
+    sample = np.array([[-3, 0], [-3.5, 0], [20, 0], [4.5, 0], [5, 1], [6, 0]], np.float32)
+    # Sample radii^2: 3rd neighbour of each sample among the samples.
+    s_radii = np.sort(cdist(sample, sample, "sqeuclidean"), axis=1)[:, 3]
+    covered = (cdist(ref, sample, "sqeuclidean") <= s_radii[None]).any(1).mean()
+    precision, recall = metrics.precision_recall(ref, sample)
+    assert precision == pytest.approx(4 / 6)
+    assert recall == pytest.approx(covered)
+
+
+def test_precision_recall_far_clusters():
+    rng = np.random.default_rng(5)
+    cluster_a = rng.normal(size=(12, 8)).astype(np.float32)
+    cluster_b = (rng.normal(size=(12, 8)) + 100).astype(np.float32)
+    ref = np.concatenate([cluster_a, cluster_b])
+    # Samples: copies of cluster A (inside its balls and covering it) plus points far from everything.
+    sample = np.concatenate([cluster_a, rng.normal(size=(4, 8)).astype(np.float32) - 100])
+    precision, recall = metrics.precision_recall(ref, sample)
+    assert precision == pytest.approx(12 / 16)
+    assert recall == pytest.approx(0.5)
+
+
+def test_precision_recall_batched_equals_brute_force():
+    rng = np.random.default_rng(6)
+    ref, sample = rng.normal(size=(90, 6)).astype(np.float32), (rng.normal(size=(70, 6)) + 0.5).astype(np.float32)
+    np.testing.assert_allclose(metrics.manifold_radii(ref, row_batch=7, col_batch=11),
+                               np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, 3], rtol=1e-4)
+    assert metrics.precision_recall(ref, sample, batch=13) == metrics.precision_recall(ref, sample, batch=1000)
+    assert metrics.precision_recall(ref, sample) == _brute_force_pr(ref, sample)
+
+
+def _brute_force_pr(ref, sample, k=3):
+    r_ref = np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, k]
+    r_sample = np.sort(cdist(sample, sample, "sqeuclidean"), axis=1)[:, k]
+    d = cdist(ref, sample, "sqeuclidean")
+    return float((d <= r_ref[:, None]).any(0).mean()), float((d <= r_sample[None]).any(1).mean())
+
+
+# ---------------------------------------------------------------- streaming .npz reader
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_iter_npz_batches(tmp_path, save):
+    arr = np.random.default_rng(7).integers(0, 256, size=(23, 4, 5, 3), dtype=np.uint8)
+    path = str(tmp_path / "a.npz")
+    save(path, arr_0=arr, arr_1=np.arange(23))
+    batches = list(fid.iter_npz_batches(path, 10))
+    assert [len(b) for b in batches] == [10, 10, 3]
+    np.testing.assert_array_equal(np.concatenate(batches), arr)
+    assert fid.npz_shape(path) == arr.shape
+    with pytest.raises(KeyError, match="no array 'images'"):
+        fid.npz_shape(path, key="images")
+
+
+# ---------------------------------------------------------------- synthetic Inception graph
+
+C_HIDDEN, C_SPATIAL, D_POOL, N_CLASSES = 16, 8, 12, 10
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    """Tiny frozen graph with the real graph's tensor names; returns (path to .pb, weights for numpy)."""
+    import tensorflow.compat.v1 as tf
+
+    rng = np.random.default_rng(8)
+    w = {
+        "w0": rng.normal(size=(3, C_HIDDEN)).astype(np.float32),
+        "w1": rng.normal(size=(C_HIDDEN, C_SPATIAL)).astype(np.float32),
+        "b1": rng.normal(size=C_SPATIAL).astype(np.float32) * 0.1,
+        "w2": rng.normal(size=(C_SPATIAL, D_POOL)).astype(np.float32),
+        "ws": rng.normal(size=(D_POOL, N_CLASSES)).astype(np.float32),
+        "bs": rng.normal(size=N_CLASSES).astype(np.float32),  # the graph has a bias; ADM's IS ignores it
+    }
+    g = tf.Graph()
+    with g.as_default():
+        # Like the real graph: one decoded image, cast, batch axis at ExpandDims (where ADM feeds batches).
+        decoded = tf.placeholder(tf.uint8, [None, None, 3], name="DecodeJpeg")
+        x = tf.expand_dims(tf.cast(decoded, tf.float32, name="Cast"), 0, name="ExpandDims")
+        x = tf.multiply(tf.subtract(x, 128.0, name="Sub"), 1 / 128.0, name="Mul")
+        # tanh units (none dead) keep the tiny feature covariances full rank.
+        x = tf.tanh(tf.nn.conv2d(x, w["w0"][None, None], strides=1, padding="VALID"))  # (N, H, W, C_HIDDEN)
+        x = tf.nn.avg_pool2d(x, ksize=4, strides=4, padding="VALID")  # (N, H/4, W/4, C_HIDDEN)
+        conv = tf.nn.conv2d(x, w["w1"][None, None], strides=1, padding="VALID")
+        spatial = tf.add(conv, w["b1"], name="mixed_6/conv")  # (N, h, w, C_SPATIAL)
+        h = tf.tanh(tf.nn.conv2d(tf.tanh(spatial), w["w2"][None, None], strides=1, padding="VALID"))
+        pool = tf.reduce_mean(h, axis=[1, 2], keepdims=True, name="pool_3")  # (N, 1, 1, D_POOL)
+        flat = tf.reshape(pool, [1, D_POOL], name="pool_3/_reshape")  # batch 1 baked in, as in the real graph
+        logits = tf.matmul(flat, tf.constant(w["ws"], name="softmax/weights"), name="softmax/logits/MatMul")
+        tf.nn.softmax(tf.nn.bias_add(logits, w["bs"], name="softmax/logits"), name="softmax")
+    path = tmp_path_factory.mktemp("inception") / "classify_image_graph_def.pb"
+    path.write_bytes(g.as_graph_def(add_shapes=True).SerializeToString())  # with _output_shapes
+    return str(path), w
+
+
+def _numpy_features(images, w):
+    """The synthetic graph's math in float64 numpy -> (pool, spatial first 7 channels flattened, probs)."""
+    x = (images.astype(np.float64) - 128) / 128
+    n, hh, ww, _ = x.shape
+    x = np.tanh(x @ w["w0"]).reshape(n, hh // 4, 4, ww // 4, 4, C_HIDDEN).mean(axis=(2, 4))
+    spatial = x @ w["w1"] + w["b1"]
+    pool = np.tanh(np.tanh(spatial) @ w["w2"]).mean(axis=(1, 2))
+    logits = pool @ w["ws"]  # no bias, as ADM
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    return pool, spatial[..., :7].reshape(n, -1), probs
+
+
+def _images(seed, n, low):
+    return np.random.default_rng(seed).integers(low, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batches")
+    ref, sample = _images(9, 48, 0), _images(10, 40, 30)  # shifted: precision, recall ~0.6, 0.4
+    np.savez(d / "ref.npz", arr_0=ref)
+    np.savez(d / "sample.npz", arr_0=sample, arr_1=np.arange(40))  # labels are ignored
+    return d, ref, sample
+
+
+def test_inception_features_match_graph_math(graph, batches):
+    path, w = graph
+    _, ref, _ = batches
+    with fid.InceptionV3TF(path) as extractor:
+        pool, spatial, probs = extractor.pool_features(ref[:5])
+    for got, want in zip((pool, spatial, probs), _numpy_features(ref[:5], w)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_end_to_end(graph, batches):
+    path, w = graph
+    d, ref, sample = batches
+    result = fid.evaluate(str(d / "ref.npz"), str(d / "sample.npz"), batch_size=16, inception_path=path)
+
+    ref_pool, ref_spatial, _ = _numpy_features(ref, w)
+    pool, spatial, probs = _numpy_features(sample, w)
+    stats = lambda x: (x.mean(0), np.cov(x, rowvar=False))
+    py = probs.mean(0)
+    expected = {
+        "fid": _closed_form_fid(*stats(pool), *stats(ref_pool)),
+        "sfid": _closed_form_fid(*stats(spatial), *stats(ref_spatial)),
+        "inception_score": np.exp(np.mean(np.sum(probs * np.log(probs / py), axis=1))),
+    }
+    expected["precision"], expected["recall"] = _brute_force_pr(ref_pool, pool)
+    assert set(result) == set(fid.METRIC_NAMES)
+    for name in fid.METRIC_NAMES:
+        assert result[name] == pytest.approx(expected[name], rel=1e-3, abs=1e-5), name
+    assert 0 < result["precision"] < 1 and 0 < result["recall"] < 1  # a non-trivial check
+
+
+def test_evaluate_uses_stored_reference_statistics(graph, batches, tmp_path):
+    path, w = graph
+    d, ref, _ = batches
+    other_pool, other_spatial, _ = _numpy_features(_images(11, 60, 30), w)
+    mu, sigma = other_pool.mean(0), np.cov(other_pool, rowvar=False)
+    mu_s, sigma_s = other_spatial.mean(0), np.cov(other_spatial, rowvar=False)
+    ref_npz = str(tmp_path / "VIRTUAL_ref.npz")
+    np.savez(ref_npz, arr_0=ref, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+
+    result = fid.evaluate(ref_npz, str(d / "sample.npz"), batch_size=64, inception_path=path)
+    full = fid.evaluate(str(d / "ref.npz"), str(d / "sample.npz"), batch_size=64, inception_path=path)
+    pool, spatial, _ = _numpy_features(np.load(d / "sample.npz")["arr_0"], w)
+    stats = lambda x: (x.mean(0), np.cov(x, rowvar=False))
+    assert result["fid"] == pytest.approx(_closed_form_fid(*stats(pool), mu, sigma), rel=1e-3)
+    assert result["sfid"] == pytest.approx(_closed_form_fid(*stats(spatial), mu_s, sigma_s), rel=1e-3)
+    # Precision/recall still come from the reference images.
+    assert (result["precision"], result["recall"]) == (full["precision"], full["recall"])
+
+
+class _CountingExtractor:
+    """A numpy FeatureExtractor (no spatial features) that records how many images it saw."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def pool_features(self, images):
+        self.seen += len(images)
+        x = images.reshape(len(images), -1).astype(np.float32) / 255
+        pool = x[:, :6]
+        logits = x[:, :4] * 5
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        return pool, None, probs
+
+
+def test_evaluate_with_plain_extractor_reads_reference_only_when_needed(batches, tmp_path):
+    d, ref, sample = batches
+    ref_npz = str(tmp_path / "ref_stats.npz")
+    ref_pool = ref.reshape(len(ref), -1).astype(np.float32)[:, :6] / 255
+    np.savez(ref_npz, arr_0=ref, mu=ref_pool.mean(0), sigma=np.cov(ref_pool, rowvar=False),
+             mu_s=np.zeros(1), sigma_s=np.eye(1))
+
+    ex = _CountingExtractor()
+    quick = fid.evaluate_with(ex, ref_npz, str(d / "sample.npz"), batch_size=7, with_precision_recall=False)
+    assert ex.seen == len(sample)  # stored statistics: reference images not read
+    assert quick["sfid"] is None and quick["precision"] is None
+
+    ex = _CountingExtractor()
+    full = fid.evaluate_with(ex, ref_npz, str(d / "sample.npz"), batch_size=7)
+    assert ex.seen == len(sample) + len(ref)
+    assert full["fid"] == pytest.approx(quick["fid"])
+    sample_pool = sample.reshape(len(sample), -1).astype(np.float32)[:, :6] / 255
+    assert (full["precision"], full["recall"]) == metrics.precision_recall(ref_pool, sample_pool)
+
+
+# ---------------------------------------------------------------- missing graph, CLI
+
+def test_missing_graph_error(tmp_path, monkeypatch):
+    missing = str(tmp_path / "nowhere" / "classify_image_graph_def.pb")
+    with pytest.raises(fid.InceptionGraphMissing) as err:
+        fid.InceptionV3TF(missing)
+    assert missing in str(err.value) and fid.INCEPTION_URL in str(err.value)
+
+    monkeypatch.setenv(fid.INCEPTION_ENV, missing)  # the environment variable is the next choice
+    with pytest.raises(fid.InceptionGraphMissing, match="nowhere"):
+        fid.resolve_inception_path()
+    monkeypatch.delenv(fid.INCEPTION_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path))  # then ~/.cache/randar/
+    with pytest.raises(fid.InceptionGraphMissing, match=".cache/randar/classify_image_graph_def.pb"):
+        fid.resolve_inception_path()
+
+    with pytest.raises(SystemExit, match=fid.INCEPTION_URL):  # the CLI: one message, no traceback
+        fid.main(["ref.npz", "sample.npz", "--inception-path", missing])
+
+
+def test_cli_writes_json(graph, batches):
+    path, _ = graph
+    d, _, _ = batches
+    out = subprocess.run(
+        [sys.executable, "-m", "RandAR.eval.fid", str(d / "ref.npz"), str(d / "sample.npz"),
+         "--inception-path", path, "--batch-size", "32"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert out.returncode == 0, out.stderr
+    written = json.loads((d / "sample.metrics.json").read_text())
+    expected = fid.evaluate(str(d / "ref.npz"), str(d / "sample.npz"), batch_size=32, inception_path=path)
+    assert written == pytest.approx(expected, rel=1e-6)
+    for name in fid.METRIC_NAMES:
+        assert f"{name}: " in out.stdout
