@@ -1,0 +1,1 @@
+"""Datasets: ImageNet tar / image folder readers (imagenet.py), latent codes (latent.py), augmentations."""
