@@ -57,6 +57,13 @@ def class_cfg_branches(cond: torch.Tensor, cfg_scales: Sequence[float], null_cla
     return [cond], lambda logits, fraction: logits[0]
 
 
+def _compiled_decode_step(model):
+    """torch.compile of the model's static decode step, built once per model and reused across calls."""
+    if getattr(model, "_compiled_decode_step", None) is None:
+        model._compiled_decode_step = torch.compile(model.decode_step_static, dynamic=False)
+    return model._compiled_decode_step
+
+
 @torch.no_grad()
 def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = None,
              cfg_scales: Sequence[float] = (1.0, 1.0), num_inference_steps: int = 88, temperature: float = 1.0,
@@ -64,7 +71,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
              freqs_cis: Optional[torch.Tensor] = None, branch_classes: Optional[List[torch.Tensor]] = None,
              combine: Optional[Callable] = None, known_token_keep: Optional[List[Optional[torch.Tensor]]] = None,
              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-             return_logits: bool = False):
+             static_shapes: bool = False, compile: bool = False, return_logits: bool = False):
     """Generate image tokens with a RandARTransformer.
 
     cond (B,) class ids. token_order (B, N) generation order per sample (a permutation of raster positions;
@@ -82,6 +89,9 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
         hides part of the context in one branch).
     seeds (B,) int64: draw each sample's random numbers from its own seed (batch-independent); else torch's
         RNG / generator.
+    static_shapes: after the prefill, feed every step as a chunk of one fixed size attending to the whole
+        cache (same results); compile: also run those steps through torch.compile (implies static_shapes;
+        meant for CUDA, where per-step overhead dominates small batches).
     """
     device = cond.device
     B = cond.shape[0]
@@ -128,6 +138,11 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     result = torch.zeros(B, N, dtype=torch.long, device=device)                      # generation order
     step_logits = torch.zeros(B, N, model.vocab_size, device=device) if return_logits else None
     counts = parallel_decoding_schedule(N - K, num_inference_steps)
+    static_shapes = static_shapes or compile
+    # Largest decode chunk ([x_a, q_(a+1), ..., x_b, next queries]) and query count, for static shapes.
+    s_max = max([2 * counts[i - 1] - 1 + counts[i] for i in range(1, len(counts))], default=1)
+    n_max = max(counts[1:], default=1)
+    decode_static = _compiled_decode_step(model) if compile else model.decode_step_static
 
     def embed(ids, keep=None):                                                       # (B, n) -> (nB, n, dim)
         e = model.tok_embeddings(ids)
@@ -147,11 +162,18 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     f.append(token_freqs[:, K:K + first])
     x, f, start = torch.cat(x, dim=1), torch.cat(f, dim=1), 0
 
-    model.setup_caches(n_branch * B, cls_n + 2 * N, dtype, device)
+    model.setup_caches(n_branch * B, cls_n + 2 * N + (s_max if static_shapes else 0), dtype, device)
     try:
         a = K                                                                        # first token of this step
         for step, n in enumerate(counts):
-            logits = model.decode_step(x, f, start, n)                               # (nB, n, V)
+            if static_shapes and step > 0:
+                L = x.shape[1]
+                x = torch.nn.functional.pad(x, (0, 0, 0, s_max - L))
+                f = torch.nn.functional.pad(f, (0, 0, 0, 0, 0, s_max - L))
+                rows = (torch.arange(n_max, device=device) + (L - n)).clamp_max(L - 1)  # the n query rows
+                logits = decode_static(x, f, torch.arange(start, start + s_max, device=device), rows)[:, :n]
+            else:
+                logits = model.decode_step(x, f, start, n)                           # (nB, n, V)
             logits = combine(list(logits.chunk(n_branch)), a / N)                    # (B, n, V)
             if seeds is not None:
                 u = counter_uniform(seeds.to(device), torch.arange(a, a + n, device=device))

@@ -105,11 +105,20 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor):
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, pos, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, n_kv, S, hd) and return the keys/values to attend to.
+
+        pos int: slots [pos, pos + S); returns slots [0, pos + S) (shapes change per step).
+        pos LongTensor (S,): those slots; returns the whole cache (static shapes, for torch.compile).
+        """
+        if isinstance(pos, int):
+            end = pos + k.shape[2]
+            self.k[:, :, pos:end] = k
+            self.v[:, :, pos:end] = v
+            return self.k[:, :, :end], self.v[:, :, :end]
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        return self.k, self.v
 
 
 class Attention(nn.Module):
@@ -126,12 +135,12 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(resid_dropout_p)
         self.kv_cache: Optional[KVCache] = None  # set only inside a generation call
 
-    def forward(self, x, freqs_cis, cache_start: Optional[int] = None, mask: Optional[torch.Tensor] = None):
+    def forward(self, x, freqs_cis, cache_pos=None, mask: Optional[torch.Tensor] = None):
         """x (B, S, dim), freqs_cis (B, S, head_dim/2, 2).
 
         Without a cache: causal self-attention over x (training). With a cache: write this chunk's keys and
-        values at slots [cache_start, cache_start + S) and attend to slots [0, cache_start + S) under `mask`
-        (S, cache_start + S), or to all of them when mask is None.
+        values at `cache_pos` (see KVCache.update) and attend to what it returns under `mask` (S, slots),
+        or to all of it when mask is None.
         """
         B, S, _ = x.shape
         kv = self.n_kv_head * self.head_dim
@@ -141,7 +150,7 @@ class Attention(nn.Module):
         v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
         causal = self.kv_cache is None
         if not causal:
-            k, v = self.kv_cache.update(cache_start, k, v)  # (B, n_kv, L, hd), L = cache_start + S
+            k, v = self.kv_cache.update(cache_pos, k, v)  # (B, n_kv, L, hd)
         if self.n_kv_head != self.n_head:  # grouped-query attention: share each kv head among n_head/n_kv queries
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -160,8 +169,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(dim, eps=norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, freqs_cis, cache_start=None, mask=None):
-        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs_cis, cache_start, mask))
+    def forward(self, x, freqs_cis, cache_pos=None, mask=None):
+        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs_cis, cache_pos, mask))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -308,6 +317,21 @@ class RandARTransformer(nn.Module):
         for layer in self.layers:
             h = layer(h, freqs_cis, cache_start, mask)
         return self.logits(h[:, S - num_logits:])
+
+    def decode_step_static(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_pos: torch.Tensor,
+                           query_rows: torch.Tensor) -> torch.Tensor:
+        """decode_step with shapes that never change, so torch.compile (and CUDA graphs) build it once.
+
+        x (B, S_max, dim) is a chunk padded at the end; cache_pos (S_max,) its slots (consecutive). Padding
+        rows write past the real chunk, where nothing attends before a later step overwrites them. Every
+        row attends to the whole cache under a causal mask. query_rows (n_max,): rows whose logits to return.
+        """
+        slots = torch.arange(self.layers[0].attention.kv_cache.k.shape[2], device=x.device)
+        mask = slots[None, :] <= cache_pos[:, None]                                    # (S_max, max_len)
+        h = x
+        for layer in self.layers:
+            h = layer(h, freqs_cis, cache_pos, mask)
+        return self.logits(h.index_select(1, query_rows))
 
     def generate(self, cond, token_order=None, cfg_scales=(1.0, 1.0), num_inference_steps=None, temperature=1.0,
                  top_k=0, top_p=1.0, **kwargs):

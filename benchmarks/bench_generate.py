@@ -1,0 +1,154 @@
+"""Generation latency of RandAR: parallel decoding at several step counts, optionally against the original release.
+
+    python benchmarks/bench_generate.py                                   # RandAR-L and XL, CPU fp32
+    python benchmarks/bench_generate.py --device cuda --dtype bf16        # on a GPU
+    python benchmarks/bench_generate.py --original-repo /path/to/ziqipang-RandAR   # also time the original
+
+Random weights: latency does not depend on them. For each (config, batch) it prints seconds per image,
+images/s, transformer forward passes, peak memory, the time spent outside the forward passes (the loop's own
+overhead), and the 256-step / 88-step time ratio with its two terms from a least-squares fit
+t(steps) = per_step * steps + fixed: `per_step` (mostly one read of the weights per step) and `fixed` (the
+arithmetic for all tokens, the same at any step count).
+"""
+import argparse
+import importlib.util
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from RandAR.utils.config import instantiate_from_config, load_config  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (includes weights)
+
+
+class ForwardTimer:
+    """Counts and times the transformer forward passes of one generation call (decode_step)."""
+
+    def __init__(self, model, device, method="decode_step"):
+        self.model, self.device, self.method = model, device, method
+        self.calls, self.seconds = 0, 0.0
+        self.original = getattr(model, method)
+
+    def __enter__(self):
+        def timed(*args, **kwargs):
+            sync(self.device)
+            t = time.perf_counter()
+            out = self.original(*args, **kwargs)
+            sync(self.device)
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
+            return out
+        setattr(self.model, self.method, timed)
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.model, self.method, self.original)
+
+
+def load_original_class(repo):
+    """Import the original release's RandARTransformer from a user's clone, under another package name."""
+    pkg_dir = os.path.join(repo, "RandAR")
+    spec = importlib.util.spec_from_file_location("RandAR_original", os.path.join(pkg_dir, "__init__.py"),
+                                                  submodule_search_locations=[pkg_dir])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["RandAR_original"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("RandAR_original.model.randar_gpt").RandARTransformer
+
+
+def time_generate(model, cond, steps, cfg, device, method, repeats):
+    times = []
+    for _ in range(repeats):
+        order = torch.rand(cond.shape[0], model.block_size, device=device).argsort(1)
+        with ForwardTimer(model, device, method) as ft:
+            sync(device)
+            t = time.perf_counter()
+            model.generate(cond, token_order=order, cfg_scales=(cfg, cfg), num_inference_steps=steps,
+                           temperature=1.0, top_k=0, top_p=1.0)
+            sync(device)
+            times.append((time.perf_counter() - t, ft.calls, ft.seconds))
+    return min(times, key=lambda x: x[0])  # best of the repeats: least disturbed by the machine
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=["configs/randar/randar_l_0.3b_llamagen.yaml",
+                                                    "configs/randar/randar_xl_0.7b_llamagen.yaml"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--steps", type=int, nargs="+", default=[256, 88, 64])
+    p.add_argument("--cfg", type=float, default=4.0, help="constant CFG scale (> 1: the guided batch is doubled)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--original-repo", default=None, help="a clone of github.com/ziqipang/RandAR to compare with")
+    p.add_argument("--override", nargs="*", default=[], help="config overrides, e.g. ar_model.params.n_layer=12")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    original_cls = load_original_class(args.original_repo) if args.original_repo else None
+    torch.manual_seed(0)
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else os.cpu_count()} "
+          f"{'GPU' if device.type == 'cuda' else 'CPU threads ' + str(torch.get_num_threads())}), dtype {dtype}, "
+          f"CFG {args.cfg}, torch {torch.__version__}")
+    rows = []
+    for cfg_path in args.configs:
+        cfg = load_config(os.path.join(ROOT, cfg_path) if not os.path.isabs(cfg_path) else cfg_path, args.override)
+        model = instantiate_from_config(cfg.ar_model).to(device=device, dtype=dtype).eval()
+        with torch.no_grad():
+            torch.nn.init.normal_(model.output.weight, std=0.02)  # non-uniform logits, as a trained model has
+        impls = [("ours", model, "decode_step")]
+        if original_cls is not None:
+            orig = original_cls(**cfg.ar_model.params).to(device=device, dtype=dtype).eval()
+            orig.load_state_dict(model.state_dict(), strict=True)
+            orig.freqs_cis = orig.freqs_cis.to(device)
+            impls.append(("original", orig, "forward_inference"))
+        name = os.path.basename(cfg_path).replace(".yaml", "")
+        for bs in args.batch_sizes:
+            cond = torch.randint(0, model.num_classes, (bs,), device=device)
+            for impl, m, method in impls:
+                time_generate(m, cond, 8, args.cfg, device, method, 1)  # warm-up
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                per_steps = {}
+                for steps in args.steps:
+                    t, calls, fwd = time_generate(m, cond, steps, args.cfg, device, method, args.repeats)
+                    per_steps[steps] = t
+                    rows.append((name, bs, impl, steps, t / bs, bs / t, calls, 1 - fwd / t, peak_memory_mib(device)))
+                    print(f"{name:28s} bs {bs:2d} {impl:8s} steps {steps:4d}: {t / bs:8.3f} s/img "
+                          f"{bs / t:8.2f} img/s  forwards {calls:4d}  outside forwards {100 * (1 - fwd / t):5.1f}%  "
+                          f"peak {peak_memory_mib(device):8.0f} MiB", flush=True)
+                if len(per_steps) >= 2:
+                    s = np.array(sorted(per_steps), dtype=float)
+                    t = np.array([per_steps[k] for k in sorted(per_steps)])
+                    per_step, fixed = np.polyfit(s, t, 1)
+                    if 256 in per_steps and 88 in per_steps:
+                        print(f"{'':28s} bs {bs:2d} {impl:8s} ratio t(256)/t(88) = {per_steps[256] / per_steps[88]:.2f} "
+                              f"(per step {per_step * 1e3:.1f} ms, fixed {fixed:.2f} s; "
+                              f"ideal 256/88 = {256 / 88:.2f})", flush=True)
+            if original_cls is not None:
+                for steps in args.steps:
+                    ours = [r for r in rows if r[:4] == (name, bs, "ours", steps)][-1]
+                    orig = [r for r in rows if r[:4] == (name, bs, "original", steps)][-1]
+                    print(f"{'':28s} bs {bs:2d} speed-up over the original at {steps} steps: {orig[4] / ours[4]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
