@@ -19,7 +19,8 @@
 source "${RANDAR_ROOT:-${SLURM_SUBMIT_DIR:-.}}/slurm_scripts/common.sh"
 need CONFIG EXP_NAME CODES_TAR VQ_CKPT RESULTS_DIR DISK_LOCATION SLURM_JOB_NUM_NODES SLURM_JOB_NODELIST
 activate
-main_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+nodes=$(scontrol show hostnames "$SLURM_JOB_NODELIST")  # no `| head`: under pipefail its early close fails the job
+main_node=${nodes%%$'\n'*}
 num_procs=$((SLURM_JOB_NUM_NODES * GPUS_PER_NODE))
 # Each node stages the data to its own local disk, then launches its share of the processes.
 # shellcheck disable=SC2016  # expanded by the shell srun starts on each node
