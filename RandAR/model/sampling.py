@@ -25,8 +25,8 @@ def _shift_right(x: torch.Tensor, s: int) -> torch.Tensor:
     return (x >> s) & ((1 << (64 - s)) - 1)
 
 
-def _splitmix64(x: torch.Tensor) -> torch.Tensor:
-    # int64 products wrap modulo 2**64, which is what the mixer needs.
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64 mixer on int64 tensors (a bijection scrambling every bit); products wrap modulo 2**64."""
     x = x + _GOLDEN
     x = (x ^ _shift_right(x, 30)) * _MIX1
     x = (x ^ _shift_right(x, 27)) * _MIX2
@@ -38,7 +38,7 @@ def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor
 
     The value for (seed, counter) never depends on which other rows or counters are in the call.
     """
-    x = _splitmix64(_splitmix64(seeds.long()[:, None]) ^ counters.long()[None, :])
+    x = splitmix64(splitmix64(seeds.long()[:, None]) ^ counters.long()[None, :])
     return _shift_right(x, 40).float() / float(1 << 24)
 
 

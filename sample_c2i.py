@@ -1,0 +1,68 @@
+"""Sample class-conditional images for FID: PNGs, then one .npz for the evaluator (DiT's sample_ddp.py scheme).
+
+    torchrun --nproc_per_node 8 sample_c2i.py --exp-name randar_0.7b \
+        --config configs/randar/randar_xl_0.7b_llamagen.yaml --gpt-ckpt randar_0.7b_llamagen_360k.safetensors \
+        --vq-ckpt vq_ds16_c2i.pt --cfg-scales 1.0,4.0 --num-inference-steps 88 --sample-dir ./samples
+
+writes <sample-dir>/<run-name>/{i:06d}.png for i < --num-fid-samples and then <sample-dir>/<run-name>.npz
+(`arr_0`, uint8 [N, H, W, 3]). Plain `python` runs one process. Image i's label, seed and token order
+depend only on --global-seed and i, so the result does not depend on the number of processes, and a killed
+run, started again with the same flags, only makes the missing PNGs. `--debug` writes a grid of the first
+batch to <sample-dir>/<run-name>-debug.png and exits.
+"""
+import argparse
+import os
+import sys
+import time
+from datetime import timedelta
+
+import torch
+
+from RandAR.utils.checkpoint import CheckpointMismatchError
+from RandAR.utils.distributed import cleanup, create_npz_from_sample_folder, init_distributed
+from RandAR.utils.sample_io import (add_sampling_args, ckpt_name, load_models, parse_pair, sample_to_folder,
+                                    save_debug_grid, spec_from_args)
+
+# Ranks wait in a collective while rank 0 alone packs the .npz (50k PNGs take minutes).
+PACK_TIMEOUT = timedelta(hours=2)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_args(p)
+    p.add_argument("--cfg-scales", default="1.0,4.0",
+                   help="linear CFG from the first scale (nothing decoded) to the second (all decoded); "
+                        "a,a for a constant scale; guidance is off when the second is <= 1")
+    p.add_argument("--num-fid-samples", type=int, default=50000)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_grad_enabled(False)
+    dist = init_distributed(timeout=PACK_TIMEOUT)
+    try:
+        model, tokenizer = load_models(args, dist.device)
+        spec = spec_from_args(args, model, tokenizer, parse_pair(args.cfg_scales, "--cfg-scales"), dist.device)
+    except (FileNotFoundError, ValueError, CheckpointMismatchError) as e:
+        sys.exit(f"error: {e}")
+    folder = os.path.join(args.sample_dir, spec.run_name(args.exp_name, ckpt_name(args.gpt_ckpt)))
+
+    if args.debug:
+        if dist.is_main:
+            save_debug_grid(model, tokenizer, spec, f"{folder}-debug.png", args.per_proc_batch_size)
+        cleanup()
+        return
+
+    start = time.time()
+    made = sample_to_folder(model, tokenizer, spec, folder, args.num_fid_samples, args.per_proc_batch_size, dist)
+    if dist.is_main:
+        secs = time.time() - start
+        print(f"sampled {made} images in {secs:.1f}s ({made / max(secs, 1e-9):.2f} img/s)", flush=True)
+        npz = create_npz_from_sample_folder(folder, args.num_fid_samples)
+        print(f"wrote {npz} [{args.num_fid_samples} images of {spec.image_size_eval}px]", flush=True)
+    cleanup()
+
+
+if __name__ == "__main__":
+    main()

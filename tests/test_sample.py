@@ -1,0 +1,185 @@
+"""sample_c2i.py with a tiny random RandAR: the same images on 1 or 2 processes and at any batch size, resume
+after a partial run, per-index labels and seeds, the --debug grid, the .npz packing."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from RandAR.model.builder import build_randar
+from RandAR.model.tokenizers import build_tokenizer
+from RandAR.utils import sample_io
+from RandAR.utils.checkpoint import save_model_safetensors
+from RandAR.utils.config import load_config
+from RandAR.utils.distributed import create_npz_from_sample_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+N = 10
+RUN = "tiny-gpt-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-0"  # 4x4 tokens x2 = 8px, the config's 6 steps
+
+
+def load_script(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sample_c2i = load_script("sample_c2i", os.path.join(ROOT, "sample_c2i.py"))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random tiny RandAR and tokenizer weights as files, as a user would pass them."""
+    d = tmp_path_factory.mktemp("weights")
+    cfg = load_config(CONFIG)
+    torch.manual_seed(0)
+    model = build_randar(cfg)
+    torch.nn.init.normal_(model.output.weight, std=0.3)  # the head starts at zero: uniform tokens, no CFG effect
+    save_model_safetensors(model, str(d / "gpt.safetensors"))
+    save_model_safetensors(build_tokenizer(cfg.tokenizer), str(d / "vq.safetensors"))
+    return d
+
+
+def flags(weights, sample_dir, *extra, num=N, batch=2):
+    return ["--exp-name", "tiny", "--config", CONFIG, "--gpt-ckpt", str(weights / "gpt.safetensors"),
+            "--vq-ckpt", str(weights / "vq.safetensors"), "--sample-dir", str(sample_dir), "--cfg-scales", "1.0,3.0",
+            "--num-fid-samples", str(num), "--per-proc-batch-size", str(batch), *extra]
+
+
+def run(cmd):
+    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def npz(sample_dir):
+    with np.load(os.path.join(sample_dir, f"{RUN}.npz")) as data:
+        return data["arr_0"]
+
+
+@pytest.fixture(scope="module")
+def plain(weights, tmp_path_factory):
+    """The reference run: plain python, one process, batch size 2 (N = 10 is not a multiple of it)."""
+    d = tmp_path_factory.mktemp("plain")
+    run([sys.executable, "sample_c2i.py", *flags(weights, d)])
+    return d, npz(d)
+
+
+def test_plain_run_layout(plain):
+    d, images = plain
+    assert sorted(os.listdir(d / RUN)) == [f"{i:06d}.png" for i in range(N)]  # exactly N, no temporaries
+    assert images.dtype == np.uint8 and images.shape == (N, 8, 8, 3)
+    for i in range(N):
+        np.testing.assert_array_equal(np.asarray(Image.open(d / RUN / f"{i:06d}.png")), images[i])
+    assert len({im.tobytes() for im in images}) == N  # distinct images
+
+
+def test_torchrun_two_processes_match_plain(weights, plain, tmp_path):
+    _, images = plain
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "sample_c2i.py",
+         *flags(weights, tmp_path)])
+    np.testing.assert_array_equal(npz(tmp_path), images)
+
+
+def test_batch_size_does_not_change_images(weights, plain, tmp_path):
+    _, images = plain
+    # Label, seed and order of an image are functions of its index, whatever batch it lands in.
+    idx = list(range(N))
+    assert sample_io.class_labels(idx[4:8], 10, 0) == sample_io.class_labels(idx, 10, 0)[4:8]
+    assert sample_io.image_seeds(0, idx[4:8]) == sample_io.image_seeds(0, idx)[4:8]
+    torch.testing.assert_close(sample_io.token_orders(sample_io.image_seeds(0, idx[4:8]), 16),
+                               sample_io.token_orders(sample_io.image_seeds(0, idx), 16)[4:8])
+    sample_c2i.main(flags(weights, tmp_path, batch=4))
+    # The tiny model's CPU arithmetic is batch-invariant, so even the pixels agree.
+    np.testing.assert_array_equal(npz(tmp_path), images)
+
+
+def test_resume_makes_only_the_missing_images(weights, plain, tmp_path, monkeypatch):
+    src, images = plain
+    shutil.copytree(src / RUN, tmp_path / RUN)
+    deleted = [1, 6, 9]
+    for i in deleted:
+        os.remove(tmp_path / RUN / f"{i:06d}.png")
+    kept = {i: os.stat(tmp_path / RUN / f"{i:06d}.png").st_mtime_ns for i in range(N) if i not in deleted}
+
+    made = []
+    original = sample_io.sample_images
+
+    def recording(model, tokenizer, indices, spec):
+        made.extend(indices)
+        return original(model, tokenizer, indices, spec)
+
+    monkeypatch.setattr(sample_io, "sample_images", recording)
+    sample_c2i.main(flags(weights, tmp_path, batch=4))
+    assert sorted(made) == deleted
+    assert all(os.stat(tmp_path / RUN / f"{i:06d}.png").st_mtime_ns == t for i, t in kept.items())
+    np.testing.assert_array_equal(npz(tmp_path), images)
+
+    made.clear()  # everything present: nothing sampled, the .npz is packed again
+    sample_c2i.main(flags(weights, tmp_path))
+    assert made == []
+    np.testing.assert_array_equal(npz(tmp_path), images)
+
+
+def test_class_labels_and_seeds():
+    idx = list(range(1000))
+    random = sample_io.class_labels(idx, 10, 0)
+    assert set(random) == set(range(10)) and sample_io.class_labels(idx[:100], 10, 0) == random[:100]
+    assert sample_io.class_labels(idx, 10, 1) != random
+    balanced = sample_io.class_labels(idx, 10, 0, "balanced")
+    assert np.bincount(balanced).tolist() == [100] * 10
+    blocks = [balanced[b:b + 10] for b in range(0, 1000, 10)]
+    assert all(sorted(b) == list(range(10)) for b in blocks)  # any prefix is balanced to within one
+    assert len({tuple(b) for b in blocks}) > 50  # shuffled, and not one fixed order
+    assert sample_io.class_labels(idx[:35], 10, 0, "balanced") == balanced[:35]
+    assert sample_io.class_labels(idx, 10, 3, "balanced") != balanced
+    seeds = sample_io.image_seeds(0, range(10000))
+    assert len(set(seeds)) == 10000 and all(0 <= s < 2 ** 63 for s in seeds)
+    assert not set(seeds) & set(sample_io.image_seeds(1, range(10000)))
+
+
+def test_debug_writes_one_grid(weights, tmp_path):
+    sample_c2i.main(flags(weights, tmp_path, "--debug", batch=3))
+    assert os.listdir(tmp_path) == [f"{RUN}-debug.png"]  # no sample folder, no .npz
+    grid = np.asarray(Image.open(tmp_path / f"{RUN}-debug.png"))
+    assert grid.shape == (2 * 10 + 2, 2 * 10 + 2, 3)  # 3 images of 8px: 2x2 cells with 2px padding
+
+
+def test_eval_size_and_name(weights, tmp_path):
+    sample_c2i.main(flags(weights, tmp_path, "--image-size-eval", "16", "--class-sampling", "balanced",
+                          "--top-k", "5", num=3))
+    name = "tiny-gpt-size-8-16-cfg-1.0-3.0-steps-6-fp32-topk-5-balanced-seed-0"
+    with np.load(tmp_path / f"{name}.npz") as data:
+        assert data["arr_0"].shape == (3, 16, 16, 3)
+
+
+def test_clear_errors(weights, tmp_path):
+    with pytest.raises(SystemExit, match="randar_xl_0.7b_llamagen.yaml"):  # the documentation's config name
+        sample_c2i.main(flags(weights, tmp_path)[:2] + ["--config", "configs/randar/randar_xl_0.7b.yaml"]
+                        + flags(weights, tmp_path)[4:])
+    with pytest.raises(SystemExit, match="decodes 4x4 tokens into 8px"):
+        sample_c2i.main(flags(weights, tmp_path, "--image-size", "256"))
+    with pytest.raises(SystemExit, match="two numbers"):
+        sample_c2i.main(flags(weights, tmp_path, "--cfg-scales", "4.0"))
+    assert not os.listdir(tmp_path)
+
+
+def test_npz_packing(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 6, 7, 3), dtype=np.uint8)
+    for i, im in enumerate(images):
+        sample_io.save_png_atomic(im, str(tmp_path / f"{i:06d}.png"))
+    path = create_npz_from_sample_folder(str(tmp_path), 4, str(tmp_path / "out.npz"))
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["arr_0"], images[:4])
+    os.remove(tmp_path / "000002.png")
+    with pytest.raises(FileNotFoundError, match="000002.png is missing"):
+        create_npz_from_sample_folder(str(tmp_path), 4, str(tmp_path / "other.npz"))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("other.npz")]  # nor a temporary

@@ -1,0 +1,218 @@
+"""Search the CFG scale for FID: a sweep on a few samples, then the full evaluation at the best scale.
+
+    torchrun --nproc_per_node 8 tools/search_cfg_weights.py --config configs/randar/randar_l_0.3b_llamagen.yaml \
+        --exp-name randar_0.3b --gpt-ckpt randar_0.3b_llamagen_360k.safetensors --vq-ckpt vq_ds16_c2i.pt \
+        --cfg-scales-search 2.0,8.0 --cfg-scales-interval 0.2 --num-fid-samples-search 10000 \
+        --num-fid-samples-final 50000 --ref-path VIRTUAL_imagenet256_labeled.npz --results-path ./results \
+        --sample-dir /tmp --per-proc-batch-size 128 --num-inference-steps 88
+
+For each scale s of the grid, sample with linear CFG from 1.0 to s (as sample_c2i.py, into
+<sample-dir>/<run-name>/, packed as <run-name>-<N>.npz) and evaluate; the results JSON is rewritten after
+every scale and a re-run skips the scales already in it. Then sample --num-fid-samples-final images at the
+scale with the lowest FID (its first images are the search's: an image depends on its index only) and record
+the final numbers. One process group for the whole run: sampling is spread over the ranks, rank 0 evaluates.
+
+--results-path: a .json file, or a folder that gets <exp-name>-<ckpt>-...-search.json.
+--evaluator: `adm` (ADM's TF Inception-v3, graph from --inception-path / $RANDAR_INCEPTION_PATH), or the dotted
+path of any class whose no-argument instance has RandAR.eval.fid.FeatureExtractor's `pool_features`.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import replace
+from datetime import timedelta
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from RandAR.eval import fid  # noqa: E402
+from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
+from RandAR.utils.config import get_obj_from_str  # noqa: E402
+from RandAR.utils.distributed import (broadcast_object, cleanup, create_npz_from_sample_folder,  # noqa: E402
+                                      init_distributed)
+from RandAR.utils.sample_io import (add_sampling_args, ckpt_name, load_models, parse_pair,  # noqa: E402
+                                    sample_to_folder, save_debug_grid, spec_from_args)
+
+# Ranks wait in a collective while rank 0 packs and evaluates (50k images with precision/recall: long).
+EVAL_TIMEOUT = timedelta(hours=6)
+# Named feature extractors: name -> factory(args). Other extractors are given by dotted path.
+EVALUATORS = {"adm": lambda args: fid.InceptionV3TF(args.inception_path)}
+USER_ERRORS = (FileNotFoundError, ValueError, ImportError, CheckpointMismatchError)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_args(p)
+    p.add_argument("--cfg-scales-search", default="2.0,8.0", help="lowest,highest final CFG scale to try")
+    p.add_argument("--cfg-scales-interval", type=float, default=0.2)
+    p.add_argument("--num-fid-samples-search", type=int, default=10000)
+    # --num-fid-samples-report is the original script's name for it.
+    p.add_argument("--num-fid-samples-final", "--num-fid-samples-report", type=int, default=50000)
+    p.add_argument("--ref-path", default=None, help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz")
+    p.add_argument("--results-path", default="results", help="the results .json, or a folder for it")
+    p.add_argument("--evaluator", default="adm", help=f"one of {sorted(EVALUATORS)} or a dotted class path")
+    p.add_argument("--inception-path", default=None,
+                   help=f"adm: classify_image_graph_def.pb "
+                        f"(default ${fid.INCEPTION_ENV} or {fid.DEFAULT_INCEPTION_PATH})")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="images per feature-extractor call")
+    p.add_argument("--cfg-scales", default=None, help="resolution extrapolation (with --spatial-cfg-scales)")
+    p.add_argument("--spatial-cfg-scales", default=None, help="resolution extrapolation (with --cfg-scales)")
+    args = p.parse_args(argv)
+    if args.cfg_scales is not None or args.spatial_cfg_scales is not None:
+        p.error("--cfg-scales/--spatial-cfg-scales run the resolution-extrapolation example (documentation "
+                "section 6), which is not implemented yet: it comes with the applications (RandAR/applications/). "
+                "To sample at one CFG scale use sample_c2i.py --cfg-scales a,b.")
+    if args.ref_path is None and not args.debug:
+        p.error("--ref-path (the reference .npz, e.g. VIRTUAL_imagenet256_labeled.npz) is required")
+    return args
+
+
+def scale_grid(lo: float, hi: float, interval: float) -> list:
+    """lo, lo + interval, ..., up to hi inclusive (a tolerance keeps 8.0 in 2.0..8.0 by 0.2)."""
+    if interval <= 0 or hi < lo:
+        raise ValueError(f"need lowest <= highest and a positive interval, got {lo},{hi} by {interval}")
+    n = math.floor((hi - lo) / interval + 1e-6)
+    return [round(lo + i * interval, 4) for i in range(n + 1)]
+
+
+def scale_key(scale: float) -> str:
+    return str(round(scale, 4))
+
+
+def results_file(args, spec, ckpt: str) -> str:
+    if args.results_path.endswith(".json"):
+        return args.results_path
+    return os.path.join(args.results_path, f"{spec.run_name(args.exp_name, ckpt, with_cfg=False)}-search.json")
+
+
+def run_settings(args, spec) -> dict:
+    """What the recorded numbers depend on besides the scale; a re-run must match them to reuse the file."""
+    s = {k: v for k, v in vars(spec).items() if k != "cfg_scales"}
+    s.update(exp_name=args.exp_name, gpt_ckpt=ckpt_name(args.gpt_ckpt), config=os.path.basename(args.config),
+             num_fid_samples_search=args.num_fid_samples_search, ref_path=os.path.basename(args.ref_path),
+             evaluator=args.evaluator)
+    return s
+
+
+def load_results(path: str, settings: dict) -> dict:
+    """The results so far (a fresh record when none); an error when they were made with other settings."""
+    if not os.path.isfile(path):
+        return {"settings": settings, "search": {}}
+    with open(path) as f:
+        results = json.load(f)
+    diff = {k: (results["settings"].get(k), v) for k, v in settings.items() if results["settings"].get(k) != v}
+    if diff:
+        lines = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
+        raise ValueError(f"{path} holds results made with other settings ({lines}); pass another --results-path "
+                         f"or remove it")
+    return results
+
+
+def write_json_atomic(obj, path: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def build_extractor(args):
+    """The feature extractor of --evaluator; also checks the reference batch exists, before any sampling."""
+    if not os.path.isfile(args.ref_path):
+        raise FileNotFoundError(f"reference batch {args.ref_path} not found (--ref-path)")
+    if args.evaluator in EVALUATORS:
+        return EVALUATORS[args.evaluator](args)
+    if "." not in args.evaluator:
+        raise ValueError(f"--evaluator {args.evaluator!r}: expected one of {sorted(EVALUATORS)} or a dotted path")
+    return get_obj_from_str(args.evaluator)()
+
+
+def on_main(dist, fn):
+    """fn() on rank 0 (None elsewhere). If it fails with a user error, every rank exits with its message, so no
+    rank is left waiting in a collective."""
+    value, error = None, None
+    if dist.is_main:
+        try:
+            value = fn()
+        except USER_ERRORS as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error:
+        sys.exit(f"error: {error}")
+    return value
+
+
+def sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, num: int, ckpt: str) -> dict:
+    """Sample `num` images at `spec` over all ranks; rank 0 packs and evaluates them (None on other ranks)."""
+    folder = os.path.join(args.sample_dir, spec.run_name(args.exp_name, ckpt))
+    sample_to_folder(model, tokenizer, spec, folder, num, args.per_proc_batch_size, dist)
+
+    def evaluate():
+        npz = create_npz_from_sample_folder(folder, num, f"{folder}-{num}.npz")
+        metrics = fid.evaluate_with(extractor, args.ref_path, npz, batch_size=args.eval_batch_size)
+        return {**metrics, "cfg_scales": list(spec.cfg_scales), "num_samples": num, "sample_npz": npz}
+
+    return on_main(dist, evaluate)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_grad_enabled(False)
+    dist = init_distributed(timeout=EVAL_TIMEOUT)
+    try:
+        model, tokenizer = load_models(args, dist.device)
+        scales = scale_grid(*parse_pair(args.cfg_scales_search, "--cfg-scales-search"), args.cfg_scales_interval)
+        base = spec_from_args(args, model, tokenizer, (1.0, scales[-1]), dist.device)
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+    ckpt = ckpt_name(args.gpt_ckpt)
+
+    if args.debug:  # one grid per scale: a look at the sweep before paying for it
+        if dist.is_main:
+            for s in scales:
+                spec = replace(base, cfg_scales=(1.0, s))
+                path = os.path.join(args.sample_dir, spec.run_name(args.exp_name, ckpt) + "-debug.png")
+                save_debug_grid(model, tokenizer, spec, path, args.per_proc_batch_size)
+        cleanup()
+        return
+
+    path = results_file(args, base, ckpt)
+    results = on_main(dist, lambda: load_results(path, run_settings(args, base)))
+    extractor = on_main(dist, lambda: build_extractor(args))  # fails before any sampling, not after it
+    todo = broadcast_object([s for s in scales if scale_key(s) not in results["search"]] if dist.is_main else None)
+    if dist.is_main:
+        print(f"CFG scales {scales}: {len(scales) - len(todo)} already in {path}", flush=True)
+
+    for s in todo:
+        spec = replace(base, cfg_scales=(1.0, s))
+        out = sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, args.num_fid_samples_search, ckpt)
+        if dist.is_main:
+            results["search"][scale_key(s)] = out
+            write_json_atomic(results, path)
+            print(f"cfg {s}: " + ", ".join(f"{k} {out[k]}" for k in fid.METRIC_NAMES), flush=True)
+
+    best = broadcast_object(min(scales, key=lambda s: results["search"][scale_key(s)]["fid"])
+                            if dist.is_main else None)
+    final = results.get("final") if dist.is_main else None
+    done = broadcast_object(final is not None and final["cfg_scales"][-1] == best
+                            and final["num_samples"] == args.num_fid_samples_final)
+    if not done:
+        spec = replace(base, cfg_scales=(1.0, best))
+        out = sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, args.num_fid_samples_final, ckpt)
+        if dist.is_main:
+            results.update(best_cfg_scale=best, final=out)
+            write_json_atomic(results, path)
+    if dist.is_main:
+        final = results["final"]
+        print(f"best CFG scale {best} (linear from 1.0); on {final['num_samples']} samples: "
+              + ", ".join(f"{k} {final[k]}" for k in fid.METRIC_NAMES) + f"\nresults: {path}", flush=True)
+        if hasattr(extractor, "close"):
+            extractor.close()
+    cleanup()
+
+
+if __name__ == "__main__":
+    main()
