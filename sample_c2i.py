@@ -16,7 +16,6 @@ import sys
 import time
 from datetime import timedelta
 
-import torch
 
 from RandAR.utils.checkpoint import CheckpointMismatchError
 from RandAR.utils.distributed import cleanup, create_npz_from_sample_folder, init_distributed
@@ -39,7 +38,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     dist = init_distributed(timeout=PACK_TIMEOUT)
     try:
         model, tokenizer = load_models(args, dist.device)

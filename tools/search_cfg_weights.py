@@ -24,8 +24,6 @@ import sys
 from dataclasses import replace
 from datetime import timedelta
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.eval import fid  # noqa: E402
@@ -62,8 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--spatial-cfg-scales", default=None, help="resolution extrapolation (with --cfg-scales)")
     args = p.parse_args(argv)
     if args.cfg_scales is not None or args.spatial_cfg_scales is not None:
-        p.error("--cfg-scales/--spatial-cfg-scales run the resolution-extrapolation example (documentation "
-                "section 6), which is not implemented yet: it comes with the applications (RandAR/applications/). "
+        p.error("--cfg-scales/--spatial-cfg-scales run resolution-extrapolation sampling (documentation section 6, "
+                "tools/resolution_extrapolation.py), which takes none of the search flags. "
                 "To sample at one CFG scale use sample_c2i.py --cfg-scales a,b.")
     if args.ref_path is None and not args.debug:
         p.error("--ref-path (the reference .npz, e.g. VIRTUAL_imagenet256_labeled.npz) is required")
@@ -159,8 +157,13 @@ def sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, num: int,
 
 
 def main(argv=None):
+    # Resolution extrapolation (documentation section 6): the documented command gives this script --cfg-scales
+    # and --spatial-cfg-scales; those arguments are run by tools/resolution_extrapolation.py's code instead.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if {a.split("=", 1)[0] for a in argv} & {"--cfg-scales", "--spatial-cfg-scales"}:
+        from RandAR.applications.extrapolation_sampling import main as extrapolation_main
+        return extrapolation_main(argv)
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     dist = init_distributed(timeout=EVAL_TIMEOUT)
     try:
         model, tokenizer = load_models(args, dist.device)

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -155,8 +155,10 @@ def _per_step_counts(n_missing: int, world_size: int, batch_size: int) -> List[i
 
 
 def sample_to_folder(model, tokenizer, spec: SamplingSpec, folder: str, num: int, batch_size: int,
-                     dist: DistInfo) -> int:
+                     dist: DistInfo, sampler: Optional[Callable] = None) -> int:
     """Make the PNGs 0..num-1 that `folder` lacks; every rank calls this. Returns how many were made.
+    `sampler(model, tokenizer, indices, spec)` -> uint8 images makes them (default `sample_images`; resolution
+    extrapolation passes its own).
 
     Rank 0 lists the folder and every rank takes every world_size-th missing index, so a re-run after a crash
     makes only the missing images, on any number of processes. Returns after a barrier: all PNGs exist then.
@@ -174,7 +176,7 @@ def sample_to_folder(model, tokenizer, spec: SamplingSpec, folder: str, num: int
                 desc=f"cfg {spec.cfg_scales[0]}-{spec.cfg_scales[1]}")
     for step, start in enumerate(range(0, len(mine), batch_size)):
         batch = mine[start:start + batch_size]
-        for index, image in zip(batch, sample_images(model, tokenizer, batch, spec)):
+        for index, image in zip(batch, (sampler or sample_images)(model, tokenizer, batch, spec)):
             save_png_atomic(image, os.path.join(folder, png_name(index)))
         pbar.update(counts[step])  # rank 0 has the most steps; this counts all ranks' images of the step
     pbar.close()
@@ -194,11 +196,12 @@ def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
     return grid
 
 
-def save_debug_grid(model, tokenizer, spec: SamplingSpec, path: str, batch_size: int) -> str:
+def save_debug_grid(model, tokenizer, spec: SamplingSpec, path: str, batch_size: int,
+                    sampler: Optional[Callable] = None) -> str:
     """Images 0..batch_size-1 as one grid PNG (the first batch of the run), for a look before a long run."""
     indices = list(range(batch_size))
     start = time.time()
-    images = sample_images(model, tokenizer, indices, spec)
+    images = (sampler or sample_images)(model, tokenizer, indices, spec)
     labels = class_labels(indices, model.num_classes, spec.global_seed, spec.class_sampling)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     save_png_atomic(image_grid(images), path)

@@ -1,0 +1,129 @@
+"""Zero-shot resolution extrapolation: a model trained on a g x g token grid generates an (f*g) x (f*g) one.
+
+1. The low-resolution image: the sub-grid of every f-th row and column, generated first as an ordinary g x g
+   image (the model's own grid and RoPE) in a random order.
+2. Its tokens go to cells (f*y, f*x) of the large grid and enter the cache as known context, in that same
+   order; the other cells follow in random order with parallel decoding. The large grid's RoPE table mixes
+   extrapolated high frequencies (integer positions 0..f*g-1: local detail keeps its scale) with interpolated
+   low ones (positions squeezed into 0..g-1: the layout stays in the trained range), split at `ntk_boundary`.
+3. Guidance: class CFG, and optionally spatial CFG, a third branch whose low-resolution context is partly
+   hidden (`spatial_cfg_combine`).
+
+Both passes are calls of the one decoding loop, `RandAR.model.generate.generate`. Unlike the original's own
+loop, every token is decoded (its loop stopped one step early and left the last tokens at id 0).
+"""
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from RandAR.applications.orders import random_permutations, subgrid_first_order, subgrid_positions
+from RandAR.model.generate import class_cfg_branches, generate, linear_scale
+from RandAR.model.rope import precompute_freqs_cis_2d_extrapolation
+
+
+def extrapolation_grid(model, extrapolation_factor: float) -> int:
+    """Side of the large token grid: the model's grid times the factor (which must give a whole number)."""
+    side = model.grid_size * extrapolation_factor
+    if extrapolation_factor < 1 or abs(side - round(side)) > 1e-6:
+        raise ValueError(f"extrapolation factor {extrapolation_factor} x the {model.grid_size}x{model.grid_size} "
+                         f"token grid must be a whole number of tokens >= {model.grid_size}")
+    return int(round(side))
+
+
+def extrapolation_rope(model, extrapolation_factor: float = 2.0, ntk_boundary: int = 2) -> torch.Tensor:
+    """RoPE table of the model's grid scaled by `extrapolation_factor` (see module docstring, step 2)."""
+    quarter = model.head_dim // 4
+    if not 0 <= ntk_boundary <= quarter:
+        raise ValueError(f"ntk_boundary must be in [0, {quarter}] (head_dim {model.head_dim} has {quarter} "
+                         f"frequencies per axis), got {ntk_boundary}")
+    return precompute_freqs_cis_2d_extrapolation(extrapolation_grid(model, extrapolation_factor), model.head_dim,
+                                                 model.rope_base, model.cls_token_num, extrapolation_factor,
+                                                 ntk_boundary)
+
+
+def spatial_cfg_combine(cfg_scales: Sequence[float], spatial_cfg_scales: Sequence[float]) -> Callable:
+    """Guidance over three branches [cond, spatial, uncond]:
+
+        uncond + s_cls * (cond - spatial) + s_sp * (spatial - uncond)
+
+    cond: the class and the full context; spatial: the null class and the full context; uncond: the null class
+    and the partly hidden context. Each scale goes linearly from its first value (nothing decoded) to its last
+    (everything decoded), as class CFG does.
+    """
+    def combine(logits: List[torch.Tensor], fraction: float) -> torch.Tensor:
+        cond, spatial, uncond = logits
+        return (uncond + linear_scale(cfg_scales, fraction) * (cond - spatial)
+                + linear_scale(spatial_cfg_scales, fraction) * (spatial - uncond))
+    return combine
+
+
+def spatial_context_keep(mask_perm: torch.Tensor, masking_ratio: float) -> torch.Tensor:
+    """(B, K) 0/1 weights on the K known tokens: 0 on the int(K * masking_ratio) entries named first by each
+    row of the permutation `mask_perm` (B, K) (their embeddings are zeroed in the spatial-CFG branch)."""
+    if not 0.0 <= masking_ratio <= 1.0:
+        raise ValueError(f"spatial masking ratio must be in [0, 1], got {masking_ratio}")
+    B, K = mask_perm.shape
+    keep = torch.ones(B, K)
+    return keep.scatter_(1, mask_perm[:, :int(K * masking_ratio)], 0.0)
+
+
+def extrapolation_guidance(cond: torch.Tensor, null_class: int, cfg_scales: Sequence[float],
+                           spatial_cfg_scales: Sequence[float], context_keep: torch.Tensor):
+    """(branch_classes, combine, known_token_keep) for `generate`.
+
+    Spatial CFG is on when spatial_cfg_scales[-1] > 1, with s_cls from cfg_scales (which may then be 1: pure
+    spatial guidance; the original ignored spatial scales unless class CFG was on as well). Otherwise plain
+    class CFG (on when cfg_scales[-1] > 1), or no guidance.
+    """
+    if spatial_cfg_scales[-1] > 1.0:
+        null = torch.full_like(cond, null_class)
+        keep = context_keep.to(cond.device)
+        return [cond, null, null], spatial_cfg_combine(cfg_scales, spatial_cfg_scales), [None, None, keep]
+    branches, combine = class_cfg_branches(cond, cfg_scales, null_class)
+    return branches, combine, None
+
+
+@torch.no_grad()
+def generate_resolution_extrapolation(model, cond: torch.Tensor, cfg_scales: Sequence[float] = (1.0, 1.0),
+                                      spatial_cfg_scales: Sequence[float] = (1.0, 1.0),
+                                      spatial_masking_ratio: float = 0.5, num_inference_steps: int = -1,
+                                      extrapolation_factor: int = 2, ntk_boundary: int = 2, temperature: float = 1.0,
+                                      top_k: int = 0, top_p: float = 1.0, seeds: Optional[torch.Tensor] = None,
+                                      generator: Optional[torch.Generator] = None
+                                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sample (B, (f*g)^2) token ids of the large grid in raster order, and the (B, g^2) ids of the
+    low-resolution image generated first (which sit at cells (f*y, f*x) of the large grid).
+
+    cond (B,) class ids. num_inference_steps: parallel-decoding steps of each pass (the low-resolution image,
+    then the remaining tokens); -1, or at least the token count, decodes one token per step. seeds (B,):
+    per-sample orders, spatial masks and token draws, independent of the batch (the two passes use disjoint
+    counters of the same seed); else `generator` / torch's RNG.
+    """
+    factor = int(extrapolation_factor)
+    if factor != extrapolation_factor or factor < 2:
+        raise ValueError(f"resolution extrapolation places the low-resolution image on every f-th row and column, "
+                         f"so the factor must be a whole number >= 2; got {extrapolation_factor}")
+    rope = extrapolation_rope(model, factor, ntk_boundary)
+    g = model.grid_size
+    B, device = cond.shape[0], cond.device
+    if seeds is not None:
+        seeds = torch.as_tensor(seeds, dtype=torch.long)
+    low_order, rest_perm, mask_perm = random_permutations(B, [g * g, (factor * g) ** 2 - g * g, g * g],
+                                                          seeds, generator)
+    order = subgrid_first_order(low_order, rest_perm, g, factor).to(device)
+    low_order = low_order.to(device)
+    seeds_dev = None if seeds is None else seeds.to(device)
+    sampling = dict(num_inference_steps=num_inference_steps, temperature=temperature, top_k=top_k, top_p=top_p,
+                    seeds=seeds_dev, generator=generator)
+
+    # 1. the low-resolution image, on the model's own grid, with class CFG.
+    low_ids = generate(model, cond, token_order=low_order, cfg_scales=cfg_scales, **sampling)   # (B, g*g) raster
+
+    # 2. the large grid: the low-resolution tokens (in their generation order) as known context.
+    known = low_ids.gather(1, low_order)                                                       # (B, g*g)
+    branches, combine, keep = extrapolation_guidance(cond, model.num_classes, cfg_scales, spatial_cfg_scales,
+                                                     spatial_context_keep(mask_perm, spatial_masking_ratio))
+    ids = generate(model, cond, token_order=order, known_tokens=known, freqs_cis=rope, branch_classes=branches,
+                   combine=combine, known_token_keep=keep, **sampling)                         # (B, (f*g)^2)
+    assert torch.equal(ids[:, subgrid_positions(g, factor).to(device)], low_ids)
+    return ids, low_ids
