@@ -65,7 +65,9 @@ run_requeueable() {
   shift
   GOT_USR1=0
   trap 'GOT_USR1=1' USR1
-  "$@" &
+  # The launcher ignores USR1 (pkill -f also matches its command line); the Python workers install their own
+  # handler, which replaces the inherited "ignore".
+  (trap '' USR1; exec "$@") &
   pid=$!
   wait "$pid" || rc=$?  # a trapped signal interrupts the wait
   if [ "$GOT_USR1" = 1 ]; then

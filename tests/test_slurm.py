@@ -22,12 +22,24 @@ case "$(basename "$0")" in
   srun) while [[ "${1:-}" == --* ]]; do shift; done; exec "$@" ;;
   accelerate|torchrun)
     if [ -n "${STUB_WAIT_FOR_USR1:-}" ]; then
-      trap 'echo "got USR1" >> "$STUB_LOG"; exit 0' USR1
-      touch "$STUB_WAIT_FOR_USR1"
-      for _ in $(seq 600); do sleep 0.1; done
-      exit 3
+      # Like a real launcher: run a worker whose command line holds the script's arguments, and wait for it.
+      rc=0
+      python3 "$(dirname "$0")/worker.py" "$@" || rc=$?
+      echo "launcher: worker exited $rc" >> "$STUB_LOG"
+      exit $rc
     fi ;;
 esac
+"""
+
+# The training worker's stand-in: Python, like train_c2i.py, with its USR1 handler (checkpoint, exit 0).
+WORKER = """import os, signal, sys, time
+def stop(*_):
+    open(os.environ["STUB_LOG"], "a").write("got USR1\\n")
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, stop)
+open(os.environ["STUB_WAIT_FOR_USR1"], "w").close()
+time.sleep(60)
+sys.exit(3)
 """
 
 
@@ -39,6 +51,7 @@ def cluster(tmp_path):
         p = bin_dir / name
         p.write_text(STUB)
         p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    (bin_dir / "worker.py").write_text(WORKER)
     data = tmp_path / "data"
     (data / "imagenet-llamagen-adm-256_codes" / "0").mkdir(parents=True)
     subprocess.run(["tar", "-cf", str(data / "imagenet-llamagen-adm-256_codes.tar"), "-C", str(data),
@@ -149,6 +162,7 @@ def test_usr1_checkpoints_then_requeues(cluster):
     assert proc.returncode == 0, (out, err, (tmp_path / "calls.log").read_text())
     log = (tmp_path / "calls.log").read_text()
     assert "got USR1" in log  # the training process was told to checkpoint
+    assert "launcher: worker exited 0" in log  # the launcher outlived the signal and saw the worker finish
     assert calls(tmp_path)[-1] == ["scontrol", "requeue", "4242"]
 
 
