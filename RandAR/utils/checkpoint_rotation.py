@@ -1,0 +1,148 @@
+"""Training checkpoints on disk: atomic saves, finding the newest complete one, keep-last-k, mirroring.
+
+Layout of `<experiment>/checkpoints/` (and of its mirror `<disk-location>/<experiment name>/`):
+
+    iters_00010000/                    accelerator.save_state: model, optimizer, RNG states, train state,
+                                       LR scheduler, EMA (registered objects)
+    iters_00010000.safetensors         model-only export (official keys, resolved config in the metadata)
+    iters_00010000.ema.safetensors     the EMA weights, when `ema: true`
+
+A checkpoint is complete when its folder exists under its final name: everything is first written to
+`.tmp_iters_...` and renamed at the end, after the exports, so a run killed at any moment leaves either the
+previous set of complete checkpoints or one more; temporary leftovers are never read and are cleared later.
+"""
+import os
+import re
+import shutil
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from RandAR.utils.checkpoint import atomic_save_safetensors
+
+PREFIX = "iters_"
+TMP = ".tmp_"
+_COMPLETE = re.compile(r"^iters_(\d{8})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def experiment_name(exp_name: str, global_batch_size: int, lr: float) -> str:
+    """The original's folder name, kept so that existing scripts and mirrors keep working."""
+    return f"{exp_name}_bs_{global_batch_size}_lr_{lr}"
+
+
+def list_checkpoints(folder: Optional[str]) -> List[Tuple[int, str]]:
+    """Complete checkpoints in `folder` as (step, path), oldest first; [] when the folder does not exist."""
+    if not folder or not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        m = _COMPLETE.match(name)
+        if m and os.path.isdir(os.path.join(folder, name)):
+            found.append((int(m.group(1)), os.path.join(folder, name)))
+    return sorted(found)
+
+
+def latest_checkpoint(folders: Sequence[Optional[str]]) -> Optional[Tuple[int, str]]:
+    """Newest complete checkpoint over several folders (the local one first wins a tie), or None."""
+    best = None
+    for folder in folders:
+        found = list_checkpoints(folder)
+        if found and (best is None or found[-1][0] > best[0]):
+            best = found[-1]
+    return best
+
+
+def clear_temporaries(folder: str):
+    """Remove what an interrupted save or copy left behind (call when no save is running)."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(TMP) or ".safetensors.tmp." in name:
+                path = os.path.join(folder, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def _siblings(folder: str, name: str) -> List[str]:
+    """The export files that belong to checkpoint `name` (iters_X.safetensors, iters_X.ema.safetensors)."""
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.startswith(name + ".") and f.endswith(".safetensors"))
+
+
+def _remove_checkpoint(path: str):
+    """Take the folder out of the complete set with one rename, then delete it and its exports: a run killed
+    half-way through never leaves a partly deleted folder under a complete name."""
+    folder, name = os.path.split(path)
+    doomed = os.path.join(folder, TMP + "deleting_" + name)
+    shutil.rmtree(doomed, ignore_errors=True)  # left by an earlier interrupted deletion
+    os.rename(path, doomed)
+    for f in _siblings(folder, name):
+        os.remove(f)
+    shutil.rmtree(doomed)
+
+
+def _commit(tmp: str, final: str):
+    """Rename a finished temporary folder to its final name (replacing an older copy of the same step)."""
+    if os.path.isdir(final):
+        old = os.path.join(os.path.dirname(final), TMP + "replaced_" + os.path.basename(final))
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, final)
+
+
+def save_checkpoint(accelerator, ckpt_dir: str, step: int,
+                    exports: Mapping[str, Tuple[Mapping[str, torch.Tensor], Dict[str, str]]]) -> str:
+    """accelerator.save_state for `step`, plus model-only exports; call on every process.
+
+    exports: file suffix (".safetensors", ".ema.safetensors") -> (state dict, safetensors metadata); the
+    main process writes them. Returns the final folder.
+    """
+    name = checkpoint_name(step)
+    final, tmp = os.path.join(ckpt_dir, name), os.path.join(ckpt_dir, TMP + name)
+    if accelerator.is_main_process:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)  # every process: it writes its own RNG state (and shards under FSDP)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for suffix, (state_dict, metadata) in exports.items():
+            atomic_save_safetensors(state_dict, os.path.join(ckpt_dir, name + suffix), metadata)
+        _commit(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(folder: str, keep_last_k: int) -> List[str]:
+    """Delete all but the newest keep_last_k complete checkpoints (and their exports); k <= 0 keeps all."""
+    if keep_last_k is None or keep_last_k <= 0:
+        return []
+    removed = []
+    for _, path in list_checkpoints(folder)[:-keep_last_k]:
+        _remove_checkpoint(path)
+        removed.append(path)
+    return removed
+
+
+def mirror_checkpoint(ckpt_dir: str, step: int, mirror_dir: str, keep_last_k: int) -> str:
+    """Copy checkpoint `step` and its exports to mirror_dir (temporary names, then rename), then prune there.
+
+    Raises on any I/O error: the caller logs it and trains on (a full or flaky slow disk must not stop training).
+    """
+    name = checkpoint_name(step)
+    os.makedirs(mirror_dir, exist_ok=True)
+    clear_temporaries(mirror_dir)
+    for src in _siblings(ckpt_dir, name):
+        dst = os.path.join(mirror_dir, os.path.basename(src))
+        shutil.copyfile(src, dst + ".tmp.copy")
+        os.replace(dst + ".tmp.copy", dst)
+    tmp, final = os.path.join(mirror_dir, TMP + name), os.path.join(mirror_dir, name)
+    shutil.copytree(os.path.join(ckpt_dir, name), tmp)
+    _commit(tmp, final)
+    prune_checkpoints(mirror_dir, keep_last_k)
+    return final
