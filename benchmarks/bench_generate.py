@@ -40,27 +40,36 @@ def peak_memory_mib(device):
 
 
 class ForwardTimer:
-    """Counts and times the transformer forward passes of one generation call (decode_step)."""
+    """Counts and times the transformer forward passes of one generation call: every method in `methods`
+    that the model has (decode_step, the static and the compiled step) is wrapped for the duration."""
 
-    def __init__(self, model, device, method="decode_step"):
-        self.model, self.device, self.method = model, device, method
+    def __init__(self, model, device, methods):
+        self.model, self.device = model, device
+        self.originals = {m: getattr(model, m) for m in methods if getattr(model, m, None) is not None}
         self.calls, self.seconds = 0, 0.0
-        self.original = getattr(model, method)
 
-    def __enter__(self):
+    def _timed(self, fn):
         def timed(*args, **kwargs):
             sync(self.device)
             t = time.perf_counter()
-            out = self.original(*args, **kwargs)
+            out = fn(*args, **kwargs)
             sync(self.device)
             self.seconds += time.perf_counter() - t
             self.calls += 1
             return out
-        setattr(self.model, self.method, timed)
+        return timed
+
+    def __enter__(self):
+        for name, fn in self.originals.items():
+            setattr(self.model, name, self._timed(fn))
         return self
 
     def __exit__(self, *exc):
-        setattr(self.model, self.method, self.original)
+        for name, fn in self.originals.items():
+            if name.startswith("_"):
+                setattr(self.model, name, fn)
+            else:
+                delattr(self.model, name)  # back to the class's method
 
 
 def load_original_class(repo):
@@ -74,15 +83,15 @@ def load_original_class(repo):
     return importlib.import_module("RandAR_original.model.randar_gpt").RandARTransformer
 
 
-def time_generate(model, cond, steps, cfg, device, method, repeats):
+def time_generate(model, cond, steps, cfg, device, methods, repeats, extra):
     times = []
     for _ in range(repeats):
         order = torch.rand(cond.shape[0], model.block_size, device=device).argsort(1)
-        with ForwardTimer(model, device, method) as ft:
+        with ForwardTimer(model, device, methods) as ft:
             sync(device)
             t = time.perf_counter()
             model.generate(cond, token_order=order, cfg_scales=(cfg, cfg), num_inference_steps=steps,
-                           temperature=1.0, top_k=0, top_p=1.0)
+                           temperature=1.0, top_k=0, top_p=1.0, **extra)
             sync(device)
             times.append((time.perf_counter() - t, ft.calls, ft.seconds))
     return min(times, key=lambda x: x[0])  # best of the repeats: least disturbed by the machine
@@ -99,6 +108,7 @@ def main():
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--original-repo", default=None, help="a clone of github.com/ziqipang/RandAR to compare with")
+    p.add_argument("--compile", action="store_true", help="also time our torch.compile'd decode step")
     p.add_argument("--override", nargs="*", default=[], help="config overrides, e.g. ar_model.params.n_layer=12")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -114,22 +124,28 @@ def main():
         model = instantiate_from_config(cfg.ar_model).to(device=device, dtype=dtype).eval()
         with torch.no_grad():
             torch.nn.init.normal_(model.output.weight, std=0.02)  # non-uniform logits, as a trained model has
-        impls = [("ours", model, "decode_step")]
+        ours = ["decode_step", "decode_step_static", "_compiled_decode_step"]
+        impls = [("ours", model, ours, {})]
+        if args.compile:
+            impls.append(("compiled", model, ours, {"compile": True}))
         if original_cls is not None:
             orig = original_cls(**cfg.ar_model.params).to(device=device, dtype=dtype).eval()
             orig.load_state_dict(model.state_dict(), strict=True)
             orig.freqs_cis = orig.freqs_cis.to(device)
-            impls.append(("original", orig, "forward_inference"))
+            impls.append(("original", orig, ["forward_inference"], {}))
         name = os.path.basename(cfg_path).replace(".yaml", "")
         for bs in args.batch_sizes:
             cond = torch.randint(0, model.num_classes, (bs,), device=device)
-            for impl, m, method in impls:
-                time_generate(m, cond, 8, args.cfg, device, method, 1)  # warm-up
+            for impl, m, methods, extra in impls:
+                # Warm-up (and compilation) outside the timer, so torch.compile sees the real decode step.
+                warm_order = torch.rand(bs, m.block_size, device=device).argsort(1)
+                m.generate(cond, token_order=warm_order, cfg_scales=(args.cfg, args.cfg), num_inference_steps=8,
+                           **extra)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 per_steps = {}
                 for steps in args.steps:
-                    t, calls, fwd = time_generate(m, cond, steps, args.cfg, device, method, args.repeats)
+                    t, calls, fwd = time_generate(m, cond, steps, args.cfg, device, methods, args.repeats, extra)
                     per_steps[steps] = t
                     rows.append((name, bs, impl, steps, t / bs, bs / t, calls, 1 - fwd / t, peak_memory_mib(device)))
                     print(f"{name:28s} bs {bs:2d} {impl:8s} steps {steps:4d}: {t / bs:8.3f} s/img "

@@ -13,8 +13,9 @@ scale with the lowest FID (its first images are the search's: an image depends o
 the final numbers. One process group for the whole run: sampling is spread over the ranks, rank 0 evaluates.
 
 --results-path: a .json file, or a folder that gets <exp-name>-<ckpt>-...-search.json.
---evaluator: `adm` (ADM's TF Inception-v3, graph from --inception-path / $RANDAR_INCEPTION_PATH), or the dotted
-path of any class whose no-argument instance has RandAR.eval.fid.FeatureExtractor's `pool_features`.
+--evaluator: `adm` (ADM's TF Inception-v3, graph from --evaluator-path / $RANDAR_INCEPTION_PATH), `toy` (the CPU
+quickstart's classifier, checkpoint from --evaluator-path), or the dotted path of any class whose no-argument
+instance has RandAR.eval.fid.FeatureExtractor's `pool_features` (see RandAR/eval/extractors.py).
 """
 import argparse
 import json
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.eval import fid  # noqa: E402
 from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
-from RandAR.utils.config import get_obj_from_str  # noqa: E402
+from RandAR.eval.extractors import EVALUATORS, build_extractor  # noqa: E402
 from RandAR.utils.distributed import (broadcast_object, cleanup, create_npz_from_sample_folder,  # noqa: E402
                                       init_distributed)
 from RandAR.utils.sample_io import (add_sampling_args, ckpt_name, load_models, parse_pair,  # noqa: E402
@@ -36,8 +37,6 @@ from RandAR.utils.sample_io import (add_sampling_args, ckpt_name, load_models, p
 
 # Ranks wait in a collective while rank 0 packs and evaluates (50k images with precision/recall: long).
 EVAL_TIMEOUT = timedelta(hours=6)
-# Named feature extractors: name -> factory(args). Other extractors are given by dotted path.
-EVALUATORS = {"adm": lambda args: fid.InceptionV3TF(args.inception_path)}
 USER_ERRORS = (FileNotFoundError, ValueError, ImportError, CheckpointMismatchError)
 
 
@@ -51,10 +50,10 @@ def parse_args(argv=None):
     p.add_argument("--num-fid-samples-final", "--num-fid-samples-report", type=int, default=50000)
     p.add_argument("--ref-path", default=None, help="reference batch, e.g. VIRTUAL_imagenet256_labeled.npz")
     p.add_argument("--results-path", default="results", help="the results .json, or a folder for it")
-    p.add_argument("--evaluator", default="adm", help=f"one of {sorted(EVALUATORS)} or a dotted class path")
-    p.add_argument("--inception-path", default=None,
-                   help=f"adm: classify_image_graph_def.pb "
-                        f"(default ${fid.INCEPTION_ENV} or {fid.DEFAULT_INCEPTION_PATH})")
+    p.add_argument("--evaluator", default="adm", help=f"one of {EVALUATORS} or a dotted class path")
+    p.add_argument("--evaluator-path", "--inception-path", default=None,
+                   help=f"adm: classify_image_graph_def.pb (default ${fid.INCEPTION_ENV} or "
+                        f"{fid.DEFAULT_INCEPTION_PATH}); toy: the classifier checkpoint")
     p.add_argument("--eval-batch-size", type=int, default=64, help="images per feature-extractor call")
     p.add_argument("--cfg-scales", default=None, help="resolution extrapolation (with --spatial-cfg-scales)")
     p.add_argument("--spatial-cfg-scales", default=None, help="resolution extrapolation (with --cfg-scales)")
@@ -117,15 +116,11 @@ def write_json_atomic(obj, path: str):
     os.replace(tmp, path)
 
 
-def build_extractor(args):
+def check_and_build_extractor(args):
     """The feature extractor of --evaluator; also checks the reference batch exists, before any sampling."""
     if not os.path.isfile(args.ref_path):
         raise FileNotFoundError(f"reference batch {args.ref_path} not found (--ref-path)")
-    if args.evaluator in EVALUATORS:
-        return EVALUATORS[args.evaluator](args)
-    if "." not in args.evaluator:
-        raise ValueError(f"--evaluator {args.evaluator!r}: expected one of {sorted(EVALUATORS)} or a dotted path")
-    return get_obj_from_str(args.evaluator)()
+    return build_extractor(args.evaluator, args.evaluator_path)
 
 
 def on_main(dist, fn):
@@ -184,7 +179,7 @@ def main(argv=None):
 
     path = results_file(args, base, ckpt)
     results = on_main(dist, lambda: load_results(path, run_settings(args, base)))
-    extractor = on_main(dist, lambda: build_extractor(args))  # fails before any sampling, not after it
+    extractor = on_main(dist, lambda: check_and_build_extractor(args))  # fails before any sampling, not after it
     todo = broadcast_object([s for s in scales if scale_key(s) not in results["search"]] if dist.is_main else None)
     if dist.is_main:
         print(f"CFG scales {scales}: {len(scales) - len(todo)} already in {path}", flush=True)

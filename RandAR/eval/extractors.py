@@ -1,0 +1,26 @@
+"""Feature extractors for the metric suite, by name, so every evaluation tool selects them the same way.
+
+    adm   ADM's TensorFlow Inception-v3 (RandAR.eval.fid.InceptionV3TF); path = classify_image_graph_def.pb
+          (default $RANDAR_INCEPTION_PATH or ~/.cache/randar/classify_image_graph_def.pb)
+    toy   the CPU quickstart's classifier (RandAR.eval.toy_classifier); path = its checkpoint (required)
+    a.b.C any class with a no-argument constructor and RandAR.eval.fid.FeatureExtractor's `pool_features`
+"""
+from typing import Optional
+
+EVALUATORS = ("adm", "toy")
+
+
+def build_extractor(name: str, path: Optional[str] = None):
+    if name == "adm":
+        from RandAR.eval.fid import InceptionV3TF
+        return InceptionV3TF(path)
+    if name == "toy":
+        if not path:
+            raise ValueError("the toy evaluator needs its classifier checkpoint (tools/train_classifier.py): "
+                             "pass its path")
+        from RandAR.eval.toy_classifier import build_toy_extractor
+        return build_toy_extractor(path)
+    if "." in name:
+        from RandAR.utils.config import get_obj_from_str
+        return get_obj_from_str(name)()
+    raise ValueError(f"evaluator {name!r}: expected one of {EVALUATORS} or the dotted path of a class")
