@@ -1,0 +1,168 @@
+"""The quickstart's own pieces: the procedural toy dataset, the tokenizer trainer and the toy classifier evaluator.
+
+Everything runs on a few images with tiny networks, so the file takes seconds; the real sizes are exercised by
+the quickstart itself.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from RandAR.dataset import toy
+from RandAR.dataset.imagenet import ImageTarDataset
+from RandAR.eval import fid
+from RandAR.eval.extractors import build_extractor
+from RandAR.eval.toy_classifier import SPATIAL_CHANNELS, build_toy_extractor
+from RandAR.model.tokenizers import build_tokenizer
+from RandAR.utils.config import instantiate_from_config, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import train_classifier  # noqa: E402
+import train_tokenizer  # noqa: E402
+
+TOY_VQ = os.path.join(REPO, "configs", "tokenization", "toy_vq.yaml")
+# A much smaller VQModel than toy_vq.yaml's, same layout (8x8 codes from 32x32 images).
+TINY_VQ = ["model.params.base_channels=8", "model.params.z_channels=16", "model.params.codebook_size=64",
+           "train.batch_size=8", "train.num_eval_images=20", "train.log_every=1", "train.sample_every=2",
+           "train.ckpt_every=2", "train.restart_dead_codes_every=2", "train.usage_window=2", "train.warmup_iters=1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("toy"))
+    toy.make_toy_dataset(out, num_train_per_class=3, num_val_per_class=2, seed=0)
+    return out
+
+
+# ---------------------------------------------------------------- dataset
+
+def test_dataset_is_deterministic(data_dir, tmp_path):
+    toy.make_toy_dataset(str(tmp_path / "again"), 3, 2, seed=0)
+    toy.make_toy_dataset(str(tmp_path / "other"), 3, 2, seed=1)
+    for split in ("train.tar", "val.tar"):
+        with open(os.path.join(data_dir, split), "rb") as a, open(tmp_path / "again" / split, "rb") as b:
+            assert a.read() == b.read(), f"{split}: same seed gave different bytes"
+    with open(os.path.join(data_dir, "train.tar"), "rb") as a, open(tmp_path / "other" / "train.tar", "rb") as b:
+        assert a.read() != b.read(), "a different seed gave the same images"
+
+
+def test_more_images_keep_the_first_ones(data_dir, tmp_path):
+    toy.make_toy_dataset(str(tmp_path), 5, 0, seed=0)
+    small, _ = toy.load_tar_arrays(os.path.join(data_dir, "train.tar"), 32)
+    large, labels = toy.load_tar_arrays(str(tmp_path / "train.tar"), 32)
+    assert not os.path.exists(tmp_path / "val.tar")
+    for c in range(10):
+        np.testing.assert_array_equal(large[labels == c][:3], small[c * 3:(c + 1) * 3])
+
+
+def test_dataset_layout_and_classes(data_dir):
+    ds = ImageTarDataset(os.path.join(data_dir, "train.tar"), verbose=False)
+    assert len(ds) == 30 and ds.num_classes == 10
+    assert ds.classes == [toy.wnid(c) for c in range(10)] == sorted(ds.classes)
+    assert ds.names[0].decode() == "train/n00000000/n00000000_000000.JPEG"
+    assert list(np.bincount(ds.labels)) == [3] * 10
+    image, label, index = ds[29]
+    assert image.size == (32, 32) and image.mode == "RGB" and label == 9 and index == 29
+    val = ImageTarDataset(os.path.join(data_dir, "val.tar"), verbose=False)
+    assert len(val) == 20 and val.names[0].decode().startswith("val/n00000000/")
+    with open(os.path.join(data_dir, "classes.json")) as f:
+        assert json.load(f) == {str(i): name for i, name in enumerate(toy.CLASS_NAMES)}
+
+
+def test_every_class_draws_a_visible_shape():
+    for label in range(len(toy.CLASS_NAMES)):
+        image = toy.render_image(label, toy.image_rng(0, "train", label, 0), 32)
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+        assert image.astype(float).std(axis=(0, 1)).max() > 20, f"class {label} looks blank"
+    with pytest.raises(ValueError):
+        toy.render_image(10, np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------- tokenizer trainer
+
+def _train_tokenizer(data_dir, results, iterations):
+    argv = ["--config", TOY_VQ, "--data-path", data_dir, "--results-dir", results, "--image-size", "32",
+            *TINY_VQ, f"train.iterations={iterations}"]
+    return train_tokenizer.main(argv)
+
+
+def test_tokenizer_trainer_writes_checkpoints_and_resumes(data_dir, tmp_path, capsys):
+    results = str(tmp_path / "vq")
+    metrics = _train_tokenizer(data_dir, results, 4)
+    assert sorted(os.listdir(os.path.join(results, "checkpoints"))) == [
+        "0000002.safetensors", "0000002.train.pt", "0000004.safetensors", "0000004.train.pt"]
+    assert {"0000002.png", "0000004.png", "final.png"} <= set(os.listdir(os.path.join(results, "recon")))
+    assert metrics["num_images"] == 20 and 1 <= metrics["codes_used"] <= 64 and metrics["mse"] > 0
+
+    # The exported weights load strictly into the tokenizer the saved config describes.
+    cfg = load_config(os.path.join(results, "config.yaml"))
+    tokenizer = build_tokenizer(cfg.model, os.path.join(results, "vq.safetensors"))
+    codes = tokenizer.encode_indices(torch.zeros(2, 3, 32, 32))
+    assert codes.shape == (2, 64)
+    assert tokenizer.decode_codes_to_img(codes, 32).shape == (2, 32, 32, 3)
+
+    # A rerun with more iterations continues from step 4, keeps the two newest checkpoints.
+    capsys.readouterr()
+    _train_tokenizer(data_dir, results, 6)
+    assert "resumed from" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(results, "checkpoints")))[0] == "0000004.safetensors"
+    with open(os.path.join(results, "log.jsonl")) as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_tokenizer_config_rejects_unknown_keys(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="bad override"):
+        train_tokenizer.main(["--config", TOY_VQ, "--data-path", data_dir, "--results-dir", str(tmp_path),
+                              "--image-size", "32", "train.learning_rate=1"])
+
+
+def test_toy_vq_config_makes_8x8_codes():
+    cfg = load_config(TOY_VQ)
+    with torch.device("meta"):
+        model = instantiate_from_config(cfg.model)
+    assert 32 // model.downsample_factor == 8
+
+
+# ---------------------------------------------------------------- classifier and evaluator
+
+@pytest.fixture(scope="module")
+def classifier_ckpt(data_dir, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cls") / "classifier.safetensors")
+    result = train_classifier.main(["--data-path", data_dir, "--out", path, "--iterations", "3",
+                                    "--batch-size", "16", "--widths", "8,16,32"])
+    assert 0.0 <= result["val_accuracy"] <= 1.0
+    return path
+
+
+def test_extractor_shapes_and_probabilities(data_dir, classifier_ckpt):
+    extractor = build_toy_extractor(classifier_ckpt)
+    images, labels = toy.load_tar_arrays(os.path.join(data_dir, "val.tar"), 32)
+    pool, spatial, probs = extractor.pool_features(images)
+    assert pool.shape == (20, 32) and spatial.shape == (20, SPATIAL_CHANNELS * 8 * 8) and probs.shape == (20, 10)
+    assert pool.dtype == spatial.dtype == probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert 0.0 <= extractor.class_accuracy(images, labels) <= 1.0
+    # Larger images are resized to the classifier's size.
+    big = np.repeat(np.repeat(images[:2], 2, axis=1), 2, axis=2)
+    assert extractor.pool_features(big)[0].shape == (2, 32)
+    with pytest.raises(ValueError):
+        build_extractor("toy", None)
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 20 samples of 32-d features
+def test_toy_evaluator_runs_the_adm_metrics(data_dir, classifier_ckpt, tmp_path):
+    ref, _ = toy.load_tar_arrays(os.path.join(data_dir, "train.tar"), 32)
+    sample, _ = toy.load_tar_arrays(os.path.join(data_dir, "val.tar"), 32)
+    np.savez(tmp_path / "ref.npz", arr_0=ref)
+    np.savez(tmp_path / "sample.npz", arr_0=sample)
+    extractor = build_extractor("toy", classifier_ckpt)
+    result = fid.evaluate_with(extractor, str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz"))
+    assert set(result) == set(fid.METRIC_NAMES)
+    assert all(np.isfinite(result[k]) for k in fid.METRIC_NAMES)
+    assert 1.0 <= result["inception_score"] <= 10.0

@@ -1,0 +1,132 @@
+"""Train a VQ tokenizer (LlamaGen VQModel) on images read from train.tar, without perceptual or GAN losses.
+
+    python tools/train_tokenizer.py --config configs/tokenization/toy_vq.yaml --data-path data/toy \
+        --results-dir results/toy_vq --image-size 32 [train.iterations=3000 train.lr=2e-3 ...]
+
+The config holds the model (`model:` target/params, what build_tokenizer reads) and the training settings
+(`train:`, see RandAR.utils.tokenizer_training.VQTrainArgs); trailing `key=value` arguments override either.
+Writes into --results-dir: config.yaml, checkpoints/<step>.safetensors (+ .train.pt optimizer state; a rerun
+resumes from the newest), recon/<step>.png (inputs above reconstructions), log.jsonl, and at the end
+vq.safetensors (weights only, loads strictly with build_tokenizer) and metrics.json (held-out MSE, code usage).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from RandAR.dataset.builder import build_dataset  # noqa: E402
+from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
+from RandAR.utils import tokenizer_training as tt  # noqa: E402
+from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train a VQ tokenizer (reconstruction + codebook losses).")
+    p.add_argument("--config", required=True, help="tokenization YAML with `model:` and `train:` sections")
+    p.add_argument("--data-path", required=True, help="folder with train.tar (and val.tar for evaluation)")
+    p.add_argument("--dataset", default="imagenet", choices=["imagenet", "folder"],
+                   help="imagenet: <data-path>/{train,val}.tar; folder: <data-path>/{train,val}/<class>/<file>")
+    p.add_argument("--results-dir", required=True, help="checkpoints, PNGs, logs and the final vq.safetensors")
+    p.add_argument("--image-size", type=int, required=True, help="ADM centre-crop size of the training images")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=2e-3 model.params.codebook_size=512")
+    return p.parse_args(argv)
+
+
+def held_out_images(args, n: int) -> torch.Tensor:
+    """n images of the val split if there is one, else of the train split (then the numbers are not held out)."""
+    crop = tt.CenterCropUint8(args.image_size)
+    try:
+        ds = build_dataset(args.dataset, args.data_path, is_train=False, transform=crop)
+    except FileNotFoundError:
+        print("no val split found: evaluating on training images", flush=True)
+        ds = build_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
+    return tt.fixed_images(ds, n)
+
+
+def export(model, cfg, results_dir: str, eval_images: torch.Tensor, step: int) -> dict:
+    """Final weights (what build_tokenizer loads) and the held-out reconstruction report."""
+    meta = {"config": json.dumps(OmegaConf.to_container(cfg.model, resolve=True)), "step": str(step)}
+    atomic_save_safetensors(model.state_dict(), os.path.join(results_dir, "vq.safetensors"), meta)
+    recs, codes = tt.reconstruct(model, eval_images)
+    metrics = tt.reconstruction_metrics(eval_images, recs, codes, model.codebook_size)
+    metrics["step"] = step
+    with open(os.path.join(results_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    grid = tt.spread(len(eval_images), 32)
+    tt.save_recon_grid(eval_images[grid], recs[grid], os.path.join(results_dir, "recon", "final.png"))
+    return metrics
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg, targs = tt.load_train_config(args.config, args.overrides)
+    os.makedirs(args.results_dir, exist_ok=True)
+    OmegaConf.save(cfg, os.path.join(args.results_dir, "config.yaml"))
+    ckpt_dir = os.path.join(args.results_dir, "checkpoints")
+    torch.manual_seed(targs.seed)
+
+    model = build_tokenizer(cfg.model).train()
+    print(f"{cfg.model.target}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{model.codebook_size} codes, {args.image_size // model.downsample_factor}^2 tokens per image", flush=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=targs.lr, betas=(targs.beta1, targs.beta2),
+                                  weight_decay=targs.weight_decay)
+    start = tt.resume_latest(ckpt_dir, model, optimizer)
+    if start:
+        print(f"resumed from {ckpt_dir} at step {start}", flush=True)
+    else:
+        tt.init_for_training(model)
+
+    crop = tt.CenterCropUint8(args.image_size)
+    train_set = build_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
+    # Offsetting the seeds by the step gives a resumed run fresh (not repeated) batches and flips.
+    batches = tt.infinite_batches(train_set, targs.batch_size, targs.seed + start, targs.num_workers)
+    gen = torch.Generator().manual_seed(targs.seed + start)
+    eval_images = held_out_images(args, targs.num_eval_images)
+    grid = tt.spread(len(eval_images), 32)  # the images shown in reconstruction PNGs, from every class
+    usage = tt.CodeUsage(model.codebook_size, targs.usage_window)
+    meta = {"config": json.dumps(OmegaConf.to_container(cfg, resolve=True))}
+
+    log = open(os.path.join(args.results_dir, "log.jsonl"), "a")
+    pbar = tqdm(range(start, targs.iterations), initial=start, total=targs.iterations, dynamic_ncols=True)
+    t0 = time.time()
+    for step in pbar:
+        x = next(batches)
+        if targs.flip:
+            x = tt.random_flip(x, gen)
+        loss, parts, idx, z = tt.optimize_step(model, optimizer, tt.to_model_range(x, model), step, targs)
+        usage.update(step, idx)
+        done = step + 1
+        if tt.restart_due(done, targs):
+            tt.restart_dead_codes(model, usage.dead(step), z, gen)
+
+        if done % targs.log_every == 0 or done == targs.iterations:
+            record = {"step": done, "loss": loss.item(), **parts, "codes_used": usage.used(step),
+                      "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            pbar.set_postfix(rec=f"{parts['rec']:.4f}", vq=f"{parts['vq']:.4f}", codes=record["codes_used"])
+        if done % targs.sample_every == 0:
+            recs, _ = tt.reconstruct(model, eval_images[grid])
+            tt.save_recon_grid(eval_images[grid], recs, os.path.join(args.results_dir, "recon", f"{done:07d}.png"))
+        if done % targs.ckpt_every == 0 or done == targs.iterations:
+            tt.save_checkpoint(ckpt_dir, done, model, optimizer, meta, targs.keep_checkpoints)
+    pbar.close()
+    log.close()
+
+    metrics = export(model, cfg, args.results_dir, eval_images, max(start, targs.iterations))
+    print(f"held-out reconstruction ({metrics['num_images']} images): mse {metrics['mse']:.5f} "
+          f"psnr {metrics['psnr']:.2f} dB, {metrics['codes_used']}/{model.codebook_size} codes used "
+          f"(perplexity {metrics['code_perplexity']:.1f}); training took {time.time() - t0:.0f}s", flush=True)
+    print(f"wrote {os.path.join(args.results_dir, 'vq.safetensors')}", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
