@@ -1,0 +1,276 @@
+"""The CPU quickstart: the whole RandAR pipeline, end to end, on a generated dataset, in minutes.
+
+    python tools/quickstart.py                 # or: make demo
+    python tools/quickstart.py --quick         # a reduced run (the test suite's), about two minutes
+
+Each stage runs the project's real scripts, exactly as documented in GETTING_STARTED.md, and is skipped when its
+output exists (--force reruns everything):
+
+ 1. data        tools/make_toy_dataset.py: 10 classes of 32x32 shapes as train.tar/val.tar (ImageNet layout)
+ 2. tokenizer   tools/train_tokenizer.py: a small LlamaGen-architecture VQ tokenizer, 32x32 -> 8x8 tokens
+ 3. classifier  tools/train_classifier.py: the evaluator's feature extractor for this domain
+ 4. extract     tools/extract_latent_codes.py: the train split into code files
+ 5. train       train_c2i.py: a small RandAR (configs/randar/randar_toy.yaml)
+ 6. search      tools/search_cfg_weights.py --evaluator toy: CFG scales, then the best one on more samples
+ 7. steps       sample_c2i.py at 64 steps (one token per step), 22 and 8 (parallel decoding), best CFG
+ 8. inpaint     tools/inpaint.py on a held-out image with its centre masked
+
+Outputs in <out>/results: samples_per_class.png, steps_comparison.png, inpainting.png, training_curves.png,
+metrics.json, and the summary table printed at the end.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from RandAR.utils.sample_io import class_labels  # noqa: E402
+
+MODEL_CONFIG = "configs/randar/randar_toy.yaml"
+TOKENIZER_CONFIG = "configs/tokenization/toy_vq.yaml"
+NUM_CLASSES, IMAGE_SIZE, NUM_TOKENS = 10, 32, 64
+STEP_COUNTS = (64, 22, 8)  # one token per step; about a third; an eighth
+EXP = "toy"
+
+# Sizes of the full run and of --quick (the test suite's reduced run).
+# None: the configs' and tools' own defaults (what GETTING_STARTED.md's stage-by-stage commands run).
+FULL = dict(train_per_class=1000, val_per_class=100, vq_iters=None, cls_iters=None, gpt_iters=None,
+            search_scales="1.0,4.0", search_interval=1.0, search_samples=500, final_samples=1000,
+            steps_samples=1000, batch=250)
+QUICK = dict(train_per_class=40, val_per_class=10, vq_iters=20, cls_iters=10, gpt_iters=20,
+             search_scales="1.0,2.0", search_interval=1.0, search_samples=40, final_samples=60,
+             steps_samples=20, batch=20)
+
+
+def run(stage: str, argv, log_dir: str):
+    """Run one documented command (argv after `python`), teeing its output to <log_dir>/<stage>.log."""
+    cmd = [sys.executable] + [str(a) for a in argv]
+    print(f"\n=== {stage}: {' '.join(cmd[1:])}", flush=True)
+    os.makedirs(log_dir, exist_ok=True)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.time()
+    with open(os.path.join(log_dir, f"{stage}.log"), "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        proc.wait()
+    if proc.returncode:
+        sys.exit(f"quickstart: stage '{stage}' failed (exit {proc.returncode}); its output is in "
+                 f"{os.path.join(log_dir, stage + '.log')}. Fix it and run again: finished stages are kept.")
+    print(f"=== {stage}: done in {time.time() - start:.0f}s", flush=True)
+
+
+def load_npz(path):
+    with np.load(path) as f:
+        return f["arr_0"]
+
+
+def pack_val_reference(data_dir: str, path: str):
+    """The held-out split as the evaluator's reference batch (ADM centre crop, like the training images)."""
+    from RandAR.dataset.toy import load_tar_arrays
+
+    images, _ = load_tar_arrays(os.path.join(data_dir, "val.tar"), IMAGE_SIZE)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, arr_0=images)
+    os.replace(tmp, path)
+
+
+def training_curve_png(log_path: str, out: str) -> list:
+    """Plot the loss of train_c2i.py's log (no plotting library needed) and return the (step, loss) points."""
+    pts = [(int(m.group(1)), float(m.group(2))) for m in
+           re.finditer(r"step (\d+) \| loss ([0-9.]+)", open(log_path).read())]
+    W, H, pad = 640, 360, 48
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([pad, pad // 2, W - pad // 2, H - pad], outline="black")
+    d.text((pad, 4), "RandAR training loss (train_c2i.py log)", fill="black")
+    if len(pts) >= 2:
+        s0, s1 = pts[0][0], pts[-1][0]
+        lo, hi = min(p[1] for p in pts), max(p[1] for p in pts)
+        hi = hi if hi > lo else lo + 1
+
+        def xy(s, v):
+            return (pad + (W - 1.5 * pad) * (s - s0) / max(s1 - s0, 1),
+                    H - pad - (H - 1.5 * pad) * (v - lo) / (hi - lo))
+        d.line([xy(s, v) for s, v in pts], fill=(200, 30, 30), width=2)
+        d.text((4, pad // 2), f"{hi:.2f}", fill="black")
+        d.text((4, H - pad - 10), f"{lo:.2f}", fill="black")
+        d.text((pad, H - pad + 6), f"step {s0}", fill="black")
+        d.text((W - 2 * pad, H - pad + 6), f"step {s1}", fill="black")
+    img.save(out)
+    return pts
+
+
+def labelled_rows(rows, names, scale: int = 3) -> Image.Image:
+    """Stack image rows (uint8 [H, W, 3] each) with a text label on the left, enlarged for viewing."""
+    rows = [np.kron(r, np.ones((scale, scale, 1), np.uint8)) for r in rows]
+    lw = 90
+    out = Image.new("RGB", (lw + max(r.shape[1] for r in rows), sum(r.shape[0] for r in rows)), "white")
+    d, y = ImageDraw.Draw(out), 0
+    for r, name in zip(rows, names):
+        out.paste(Image.fromarray(r), (lw, y))
+        d.text((4, y + r.shape[0] // 2 - 5), name, fill="black")
+        y += r.shape[0]
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo_output", help="where every stage writes (relative to the repository)")
+    p.add_argument("--quick", action="store_true", help="a reduced run that checks the chain, not the quality")
+    p.add_argument("--force", action="store_true", help="rerun every stage, even those whose outputs exist")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    size = dict(QUICK if args.quick else FULL)
+    from RandAR.utils.config import load_config
+    gpt_iters = size["gpt_iters"] or int(load_config(os.path.join(ROOT, MODEL_CONFIG)).max_iters)
+    out = os.path.abspath(os.path.join(ROOT, args.out))
+    if args.force and os.path.isdir(out):
+        shutil.rmtree(out)
+    logs, results = os.path.join(out, "logs"), os.path.join(out, "results")
+    os.makedirs(results, exist_ok=True)
+    t0 = time.time()
+    data = os.path.join(out, "data")
+    vq = os.path.join(out, "tokenizer", "vq.safetensors")
+    classifier = os.path.join(out, "classifier.safetensors")
+    codes = os.path.join(out, "codes", f"imagenet-toy_vq-adm-{IMAGE_SIZE}_codes")
+    train_dir = os.path.join(out, "train")
+    exp_dir = os.path.join(train_dir, f"{EXP}_bs_64_lr_0.002")
+    gpt = os.path.join(exp_dir, "checkpoints", f"iters_{gpt_iters:08d}.safetensors")
+    ref = os.path.join(out, "val_reference.npz")
+    search_json = os.path.join(out, "search.json")
+    samples = os.path.join(out, "samples")
+    threads = os.cpu_count() or 1
+
+    # 1-3: the data, the tokenizer and the evaluator's classifier
+    if not os.path.isfile(os.path.join(data, "val.tar")):
+        run("data", ["tools/make_toy_dataset.py", "--out", data, "--num-train-per-class", size["train_per_class"],
+                     "--num-val-per-class", size["val_per_class"], "--seed", args.seed, "--image-size", IMAGE_SIZE],
+            logs)
+    if not os.path.isfile(vq):
+        run("tokenizer", ["tools/train_tokenizer.py", "--config", TOKENIZER_CONFIG, "--data-path", data,
+                          "--results-dir", os.path.dirname(vq), "--image-size", IMAGE_SIZE]
+            + ([f"train.iterations={size['vq_iters']}"] if size["vq_iters"] else []), logs)
+    if not os.path.isfile(classifier):
+        run("classifier", ["tools/train_classifier.py", "--data-path", data, "--out", classifier,
+                           "--image-size", IMAGE_SIZE, "--seed", args.seed]
+            + (["--iterations", size["cls_iters"]] if size["cls_iters"] else []), logs)
+    if not os.path.isfile(ref):
+        pack_val_reference(data, ref)
+
+    # 4-5: codes and the RandAR model
+    run("extract", ["tools/extract_latent_codes.py", "--data-path", data, "--code-path", os.path.dirname(codes),
+                    "--vq-ckpt", vq, "--config", TOKENIZER_CONFIG, "--image-size", IMAGE_SIZE, "--aug-mode", "adm",
+                    "--batch-size", 256, "--num-workers", 0], logs)  # resumable: instant when done
+    if not os.path.isfile(gpt):
+        quick = [f"max_iters={gpt_iters}", f"ckpt_every={gpt_iters}", f"visualize_every={gpt_iters}",
+                 "log_every=1"] if size["gpt_iters"] else []
+        run("train", ["train_c2i.py", "--config", MODEL_CONFIG, "--exp-name", EXP, "--data-path", codes,
+                      "--vq-ckpt", vq, "--results-dir", train_dir, "--wandb-offline", "--num-workers", 0, *quick], logs)
+
+    common = ["--config", MODEL_CONFIG, "--exp-name", EXP, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
+              "--per-proc-batch-size", size["batch"], "--global-seed", args.seed, "--sample-dir", samples]
+    # 6: CFG search with the domain's evaluator (resumable: finished scales are kept in search.json)
+    run("search", ["tools/search_cfg_weights.py", *common, "--cfg-scales-search", size["search_scales"],
+                   "--cfg-scales-interval", size["search_interval"],
+                   "--num-fid-samples-search", size["search_samples"],
+                   "--num-fid-samples-final", size["final_samples"], "--num-inference-steps", 22,
+                   "--ref-path", ref, "--results-path", search_json, "--evaluator", "toy",
+                   "--evaluator-path", classifier], logs)
+    search = json.load(open(search_json))
+    best = float(search["best_cfg_scale"])
+
+    # 7: the same images (same seeds, labels, orders) at three step counts, at the best scale
+    step_npz = {}
+    for steps in STEP_COUNTS:
+        run(f"steps{steps}", ["sample_c2i.py", *common, "--cfg-scales", f"1.0,{best}", "--num-inference-steps", steps,
+                              "--num-fid-samples", size["steps_samples"]], logs)
+        step_npz[steps] = max(glob.glob(os.path.join(samples, f"*-cfg-1.0-{best}-steps-{steps}-*.npz")),
+                              key=os.path.getmtime)
+    for steps, npz in step_npz.items():
+        run(f"eval_steps{steps}", ["-m", "RandAR.eval.toy_classifier", ref, npz, "--ckpt", classifier], logs)
+
+    # 8: inpainting a held-out image (its centre 16x16 square regenerated)
+    from RandAR.dataset.toy import load_tar_arrays
+    val_images, val_labels = load_tar_arrays(os.path.join(data, "val.tar"), IMAGE_SIZE)
+    inpaint_dir = os.path.join(out, "inpaint")
+    image_path, mask_path = os.path.join(inpaint_dir, "input.png"), os.path.join(inpaint_dir, "mask.png")
+    os.makedirs(inpaint_dir, exist_ok=True)
+    Image.fromarray(val_images[0]).save(image_path)
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(mask_path)
+    run("inpaint", ["tools/inpaint.py", "--config", MODEL_CONFIG, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
+                    "--image", image_path, "--mask", mask_path, "--class-id", int(val_labels[0]),
+                    "--num-samples", 4, "--cfg-scales", f"1.0,{best}", "--num-inference-steps", 8,
+                    "--output-dir", inpaint_dir, "--device", "cpu"], logs)
+
+    # ---- results: pictures, metrics.json, summary ------------------------------------------------------
+    from RandAR.eval.toy_classifier import build_toy_extractor
+    extractor = build_toy_extractor(classifier)
+
+    def accuracy(npz):
+        images = load_npz(npz)
+        return extractor.class_accuracy(images, class_labels(range(len(images)), NUM_CLASSES, args.seed))
+
+    metrics = {"cfg_search": {}, "steps": {}, "best_cfg_scale": best, "quick": args.quick}
+    for scale, m in sorted(search["search"].items(), key=lambda kv: float(kv[0])):
+        metrics["cfg_search"][scale] = {k: m[k] for k in ("fid", "inception_score", "precision", "recall")}
+        metrics["cfg_search"][scale]["class_accuracy"] = accuracy(m["sample_npz"])
+    metrics["final"] = {k: search["final"][k] for k in ("fid", "inception_score", "precision", "recall")}
+    metrics["final"]["class_accuracy"] = accuracy(search["final"]["sample_npz"])
+    for steps, npz in step_npz.items():
+        m = json.load(open(os.path.splitext(npz)[0] + ".metrics.json"))
+        metrics["steps"][str(steps)] = {"fid": m["fid"], "class_accuracy": accuracy(npz)}
+    f_full, f_par = metrics["steps"]["64"]["fid"], metrics["steps"]["22"]["fid"]
+    metrics["parallel_decoding_fid_change"] = (f_par - f_full) / f_full
+    no_cfg = metrics["cfg_search"].get("1.0", {}).get("class_accuracy")
+    metrics["cfg_gain_in_class_accuracy"] = None if no_cfg is None else metrics["final"]["class_accuracy"] - no_cfg
+    metrics["wall_time_s"] = time.time() - t0
+    metrics["cpu_threads"] = threads
+
+    final_images = load_npz(search["final"]["sample_npz"])
+    final_labels = np.array(class_labels(range(len(final_images)), NUM_CLASSES, args.seed))
+    per_class = min(8, min(int((final_labels == c).sum()) for c in range(NUM_CLASSES)))
+    names = json.load(open(os.path.join(data, "classes.json")))
+    blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    rows = [np.concatenate(list(final_images[final_labels == c][:per_class]) or [blank], axis=1)
+            for c in range(NUM_CLASSES)]
+    labelled_rows(rows, [names[str(c)] for c in range(NUM_CLASSES)]).save(os.path.join(results, "samples_per_class.png"))
+    step_rows = [np.concatenate(list(load_npz(step_npz[s])[:10]), axis=1) for s in STEP_COUNTS]
+    labelled_rows(step_rows, [f"{s} steps" for s in STEP_COUNTS]).save(os.path.join(results, "steps_comparison.png"))
+    comparison = glob.glob(os.path.join(inpaint_dir, "*comparison.png"))
+    if comparison:  # enlarged: the strip of 32-pixel images is tiny
+        strip = np.asarray(Image.open(comparison[0]).convert("RGB"))
+        Image.fromarray(np.kron(strip, np.ones((4, 4, 1), np.uint8))).save(os.path.join(results, "inpainting.png"))
+    curve = training_curve_png(os.path.join(exp_dir, "log.txt"), os.path.join(results, "training_curves.png"))
+    metrics["training_loss"] = {"first": curve[0][1], "last": curve[-1][1]} if curve else None
+    with open(os.path.join(results, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+
+    print("\n=== RandAR quickstart summary" + (" (--quick: checks the chain, not the quality)" if args.quick else ""))
+    print(f"{'setting':28s} {'FID':>8s} {'IS':>7s} {'class acc':>10s}")
+    for scale, m in metrics["cfg_search"].items():
+        print(f"{'cfg 1.0->' + scale + ', 22 steps':28s} {m['fid']:8.2f} {m['inception_score']:7.2f} "
+              f"{m['class_accuracy']:10.3f}")
+    for steps, m in metrics["steps"].items():
+        print(f"{'best cfg, ' + steps + ' steps':28s} {m['fid']:8.2f} {'':7s} {m['class_accuracy']:10.3f}")
+    print(f"best CFG scale {best}; parallel decoding (22 vs 64 steps) changes FID by "
+          f"{100 * metrics['parallel_decoding_fid_change']:+.1f}%; wall time {metrics['wall_time_s'] / 60:.1f} min")
+    print(f"pictures and metrics.json in {results}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
