@@ -97,6 +97,7 @@ def time_generate(model, cond, steps, cfg, device, methods, repeats, extra):
     return min(times, key=lambda x: x[0])  # best of the repeats: least disturbed by the machine
 
 
+@torch.inference_mode()  # the original's generate() does not disable autograd itself; its scripts do
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["configs/randar/randar_l_0.3b_llamagen.yaml",
