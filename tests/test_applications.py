@@ -1,6 +1,5 @@
 """Zero-shot applications with the tiny reference RandAR (4x4 tokens) and tokenizer (x2, 8 px images):
 resolution extrapolation, inpainting, outpainting, their orders and guidance, and the tools end to end."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from RandAR.applications.resolution_extrapolation import (extrapolation_guidance
                                                           generate_resolution_extrapolation, spatial_cfg_combine,
                                                           spatial_context_keep)
 from RandAR.model.builder import build_randar
+from helpers import load_script
 from RandAR.model.rope import precompute_freqs_cis_2d, precompute_freqs_cis_2d_extrapolation
 from RandAR.utils.config import load_config
 from RandAR.utils.sample_io import token_orders
@@ -29,13 +29,6 @@ CONFIG = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
 GPT = os.path.join(FIX, "randar_tiny.safetensors")
 VQ = os.path.join(FIX, "vq_tiny.safetensors")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +237,7 @@ def read(path):
 
 
 def test_inpaint_tool(images, tmp_path):
-    inpaint = load_script("inpaint")
+    inpaint = load_script("tools/inpaint.py")
     inpaint.main(tool_flags(images, tmp_path, "--image", str(images / "in.png"), "--mask", str(images / "mask.png")))
     results = [read(tmp_path / f"in_inpaint_{i:03d}.png") for i in range(3)]
     assert all(r.shape == (8, 8, 3) for r in results)
@@ -257,7 +250,7 @@ def test_inpaint_tool(images, tmp_path):
 
 
 def test_inpaint_bad_inputs(images, tmp_path, capsys):
-    inpaint = load_script("inpaint")
+    inpaint = load_script("tools/inpaint.py")
     img, mask = str(images / "in.png"), str(images / "mask.png")
     cases = [(["--image", img, "--mask", str(images / "small.png")], "same size"),
              (["--image", img, "--mask", str(images / "empty.png")], "no white pixel"),
@@ -275,7 +268,7 @@ def test_inpaint_bad_inputs(images, tmp_path, capsys):
 
 @pytest.mark.parametrize("factor,region", [("1", "left"), ("2", "center")])
 def test_outpaint_tool(images, tmp_path, factor, region):
-    outpaint = load_script("outpaint")
+    outpaint = load_script("tools/outpaint.py")
     outpaint.main(tool_flags(images, tmp_path, "--image", str(images / "in.png"), "--region", region,
                              "--extrapolation-factor", factor, "--num-inference-steps", "-1"))
     side = 8 * int(factor)
@@ -299,7 +292,7 @@ def test_resolution_extrapolation_tool(tmp_path):
 
 def test_search_cfg_weights_documented_command(tmp_path):
     """The documentation's command (section 6) writes a grid of extrapolated samples and stops."""
-    search = load_script("search_cfg_weights")
+    search = load_script("tools/search_cfg_weights.py")
     search.main(["--config", CONFIG, "--exp-name", "tiny", "--gpt-ckpt", GPT, "--vq-ckpt", VQ,
                  "--per-proc-batch-size", "4", "--cfg-scales", "3.0,3.0", "--spatial-cfg-scales", "2.5,2.5",
                  "--num-inference-steps", "1024", "--sample-dir", str(tmp_path), "--debug"])

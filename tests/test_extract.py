@@ -1,7 +1,6 @@
 """tools/extract_latent_codes.py end to end on a tiny ImageNet-layout tar with a tiny random VQ tokenizer:
 plain `python` and `torchrun --nproc_per_node 2` give identical files equal to the tokenizer applied directly,
 re-runs resume, the latent dataset reads the result back, and bad inputs fail before any work."""
-import importlib.util
 import io
 import os
 import re
@@ -17,6 +16,7 @@ from safetensors.torch import save_file
 
 from RandAR.dataset.latent import INatLatentDataset
 from RandAR.model.tokenizer import VQModel
+from helpers import load_script
 from test_dataset import SPEC, adm_reference, make_imagenet_tar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,9 +26,7 @@ TINY = dict(codebook_size=64, codebook_embed_dim=8, encoder_ch_mult=[1, 1], deco
 SIZE, L = 32, (32 // 2) ** 2
 SUMMARY = re.compile(r"summary: written (\d+), skipped as done (\d+), skipped as bad (\d+)")
 
-spec = importlib.util.spec_from_file_location("extract_latent_codes", SCRIPT)
-extract = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(extract)
+extract = load_script("tools/extract_latent_codes.py")
 
 
 def _config(path, params):

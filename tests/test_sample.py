@@ -1,6 +1,5 @@
 """sample_c2i.py with a tiny random RandAR: the same images on 1 or 2 processes and at any batch size, resume
 after a partial run, per-index labels and seeds, the --debug grid, the .npz packing."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,12 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from RandAR.model.builder import build_randar
-from RandAR.model.tokenizers import build_tokenizer
 from RandAR.utils import sample_io
-from RandAR.utils.checkpoint import save_model_safetensors
-from RandAR.utils.config import load_config
 from RandAR.utils.distributed import create_npz_from_sample_folder
+from helpers import load_script, write_tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
@@ -25,26 +21,14 @@ N = 10
 RUN = "tiny-gpt-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-0"  # 4x4 tokens x2 = 8px, the config's 6 steps
 
 
-def load_script(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_c2i = load_script("sample_c2i", os.path.join(ROOT, "sample_c2i.py"))
+sample_c2i = load_script("sample_c2i.py")
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """Random tiny RandAR and tokenizer weights as files, as a user would pass them."""
     d = tmp_path_factory.mktemp("weights")
-    cfg = load_config(CONFIG)
-    torch.manual_seed(0)
-    model = build_randar(cfg)
-    torch.nn.init.normal_(model.output.weight, std=0.3)  # the head starts at zero: uniform tokens, no CFG effect
-    save_model_safetensors(model, str(d / "gpt.safetensors"))
-    save_model_safetensors(build_tokenizer(cfg.tokenizer), str(d / "vq.safetensors"))
+    write_tiny_weights(d, CONFIG)
     return d
 
 

@@ -1,6 +1,5 @@
 """tools/search_cfg_weights.py with a tiny random RandAR and a numpy feature extractor: a two-scale search under
 torchrun, the results file, resume (only the missing scales), and the clear failures."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,14 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from RandAR.eval import fid
-from RandAR.model.builder import build_randar
-from RandAR.model.tokenizers import build_tokenizer
 from RandAR.utils import sample_io
-from RandAR.utils.checkpoint import save_model_safetensors
-from RandAR.utils.config import load_config
+from helpers import load_script, write_tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
@@ -34,26 +29,14 @@ class MeanColor:
 '''
 
 
-def load_script(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-search = load_script("search_cfg_weights", os.path.join(ROOT, "tools", "search_cfg_weights.py"))
+search = load_script("tools/search_cfg_weights.py")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Weights, a reference batch and the extractor module in one folder."""
     d = tmp_path_factory.mktemp("search")
-    cfg = load_config(CONFIG)
-    torch.manual_seed(0)
-    model = build_randar(cfg)
-    torch.nn.init.normal_(model.output.weight, std=0.3)  # the head starts at zero: CFG would change nothing
-    save_model_safetensors(model, str(d / "gpt.safetensors"))
-    save_model_safetensors(build_tokenizer(cfg.tokenizer), str(d / "vq.safetensors"))
+    write_tiny_weights(d, CONFIG)
     ref = np.random.default_rng(0).integers(90, 170, size=(24, 8, 8, 3), dtype=np.uint8)
     np.savez(d / "ref.npz", arr_0=ref)
     (d / "tiny_extractor.py").write_text(EXTRACTOR)
