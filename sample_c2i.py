@@ -11,20 +11,12 @@ run, started again with the same flags, only makes the missing PNGs. `--debug` w
 batch to <sample-dir>/<run-name>-debug.png and exits.
 """
 import argparse
-import os
 import sys
-import time
-from datetime import timedelta
 
 
 from RandAR.utils.checkpoint import CheckpointMismatchError
-from RandAR.utils.distributed import cleanup, create_npz_from_sample_folder, init_distributed
-from RandAR.utils.sample_io import (add_sampling_args, ckpt_name, load_models, parse_pair, sample_to_folder,
-                                    save_debug_grid, spec_from_args)
-
-# Ranks wait in a collective while rank 0 alone packs the .npz (50k PNGs take minutes).
-PACK_TIMEOUT = timedelta(hours=2)
-
+from RandAR.utils.distributed import cleanup, init_distributed
+from RandAR.utils.sample_io import PACK_TIMEOUT, add_sampling_args, load_models, parse_pair, sample_run, spec_from_args
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,21 +36,7 @@ def main(argv=None):
         spec = spec_from_args(args, model, tokenizer, parse_pair(args.cfg_scales, "--cfg-scales"), dist.device)
     except (FileNotFoundError, ValueError, CheckpointMismatchError) as e:
         sys.exit(f"error: {e}")
-    folder = os.path.join(args.sample_dir, spec.run_name(args.exp_name, ckpt_name(args.gpt_ckpt)))
-
-    if args.debug:
-        if dist.is_main:
-            save_debug_grid(model, tokenizer, spec, f"{folder}-debug.png", args.per_proc_batch_size)
-        cleanup()
-        return
-
-    start = time.time()
-    made = sample_to_folder(model, tokenizer, spec, folder, args.num_fid_samples, args.per_proc_batch_size, dist)
-    if dist.is_main:
-        secs = time.time() - start
-        print(f"sampled {made} images in {secs:.1f}s ({made / max(secs, 1e-9):.2f} img/s)", flush=True)
-        npz = create_npz_from_sample_folder(folder, args.num_fid_samples)
-        print(f"wrote {npz} [{args.num_fid_samples} images of {spec.image_size_eval}px]", flush=True)
+    sample_run(args, dist, model, tokenizer, spec)
     cleanup()
 
 

@@ -23,10 +23,8 @@ this module adds the extrapolation settings (`ExtrapolationSpec`) and the per-ba
 `RandAR.applications.resolution_extrapolation.generate_resolution_extrapolation`.
 """
 import argparse
-import os
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -35,11 +33,9 @@ import torch
 from RandAR.applications.resolution_extrapolation import (extrapolation_grid, extrapolation_rope,
                                                           generate_resolution_extrapolation)
 from RandAR.utils.checkpoint import CheckpointMismatchError
-from RandAR.utils.distributed import cleanup, create_npz_from_sample_folder, init_distributed
-from RandAR.utils.sample_io import (SamplingSpec, add_sampling_args, ckpt_name, class_labels, image_seeds,
-                                    load_models, parse_pair, resolve_precision, sample_to_folder, save_debug_grid)
-
-PACK_TIMEOUT = timedelta(hours=2)  # ranks wait while rank 0 alone packs the .npz
+from RandAR.utils.distributed import cleanup, init_distributed
+from RandAR.utils.sample_io import (PACK_TIMEOUT, SamplingSpec, add_sampling_args, class_labels, image_seeds,
+                                    load_models, parse_pair, resolve_precision, sample_run)
 
 
 @dataclass(frozen=True)
@@ -137,18 +133,5 @@ def main(argv=None):
         spec = spec_from_args(args, model, tokenizer, dist.device)
     except (FileNotFoundError, ValueError, CheckpointMismatchError) as e:
         sys.exit(f"error: {e}")
-    folder = os.path.join(args.sample_dir, spec.run_name(args.exp_name, ckpt_name(args.gpt_ckpt)))
-
-    if args.debug:
-        if dist.is_main:
-            save_debug_grid(model, tokenizer, spec, f"{folder}-debug.png", args.per_proc_batch_size,
-                            sampler=sample_extrapolated_images)
-        cleanup()
-        return
-
-    sample_to_folder(model, tokenizer, spec, folder, args.num_fid_samples, args.per_proc_batch_size, dist,
-                     sampler=sample_extrapolated_images)
-    if dist.is_main:
-        npz = create_npz_from_sample_folder(folder, args.num_fid_samples)
-        print(f"wrote {npz} [{args.num_fid_samples} images of {spec.image_size_eval}px]", flush=True)
+    sample_run(args, dist, model, tokenizer, spec, sampler=sample_extrapolated_images)
     cleanup()

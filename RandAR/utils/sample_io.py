@@ -15,6 +15,7 @@ import glob
 import math
 import os
 import time
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -27,8 +28,10 @@ from RandAR.model.builder import build_randar
 from RandAR.model.sampling import splitmix64
 from RandAR.model.tokenizers import build_tokenizer
 from RandAR.utils.config import load_config
-from RandAR.utils.distributed import DistInfo, barrier, broadcast_object
+from RandAR.utils.distributed import DistInfo, barrier, broadcast_object, create_npz_from_sample_folder
 
+# Ranks wait in a collective while rank 0 alone packs the .npz (50k PNGs take minutes).
+PACK_TIMEOUT = timedelta(hours=2)
 PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLASS_SAMPLING = ("random", "balanced")
 
@@ -208,6 +211,24 @@ def save_debug_grid(model, tokenizer, spec: SamplingSpec, path: str, batch_size:
     print(f"debug: wrote {path} ({len(indices)} images in {time.time() - start:.1f}s, row-major class labels "
           f"{labels})", flush=True)
     return path
+
+
+def sample_run(args, dist: DistInfo, model, tokenizer, spec: SamplingSpec, sampler: Optional[Callable] = None):
+    """The body of the sampling mains (sample_c2i.py, resolution extrapolation): with --debug a grid of the first
+    batch; otherwise the PNGs of <sample-dir>/<run-name>/ that are missing, then rank 0 packs <run-name>.npz."""
+    folder = os.path.join(args.sample_dir, spec.run_name(args.exp_name, ckpt_name(args.gpt_ckpt)))
+    if args.debug:
+        if dist.is_main:
+            save_debug_grid(model, tokenizer, spec, f"{folder}-debug.png", args.per_proc_batch_size, sampler)
+        return
+    start = time.time()
+    made = sample_to_folder(model, tokenizer, spec, folder, args.num_fid_samples, args.per_proc_batch_size, dist,
+                            sampler)
+    if dist.is_main:
+        secs = time.time() - start
+        print(f"sampled {made} images in {secs:.1f}s ({made / max(secs, 1e-9):.2f} img/s)", flush=True)
+        npz = create_npz_from_sample_folder(folder, args.num_fid_samples)
+        print(f"wrote {npz} [{args.num_fid_samples} images of {spec.image_size_eval}px]", flush=True)
 
 
 # ---------------------------------------------------------------- command line (sample_c2i.py, the CFG search)
