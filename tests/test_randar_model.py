@@ -250,6 +250,28 @@ def test_bf16_smoke():
     assert model.freqs_cis.dtype == torch.float32  # RoPE stays float32 under a bf16 model
 
 
+def test_cpu_bf16_autocast_matches_reference_and_attends_in_float32(ref_model, monkeypatch):
+    """CPU bf16 training (the quickstart's) stays close to the float32 reference; attention itself runs in
+    float32 there, because CPU's bf16 attention kernels are slower."""
+    import RandAR.model.randar_gpt as gpt
+    seen = []
+    real_sdpa = gpt.F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kw):
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return real_sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(gpt.F, "scaled_dot_product_attention", recording_sdpa)
+    ref = load_file(os.path.join(FIX, "randar_tiny_forward.safetensors"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss, _ = ref_model(ref["idx"], ref["cond"], token_order=ref["token_order"], targets=ref["idx"])
+        h = ref_model.tok_embeddings(ref["idx"][:, :2])
+        assert ref_model.layers[0].attention.wqkv(h).dtype == torch.bfloat16  # projections do run in bf16
+    torch.testing.assert_close(logits.float(), ref["token_logits"], atol=0.5, rtol=0.05)  # bf16 rounding
+    assert abs(loss.item() - ref["loss"].item()) < 0.05
+    assert seen and all(s == (torch.float32, False) for s in seen)
+
+
 def test_static_shape_and_compiled_decoding_match_the_dynamic_path():
     """Padded fixed-size chunks over the whole cache (the torch.compile path) give the same tokens."""
     model = random_model(11)
