@@ -1,6 +1,7 @@
 """Training-step throughput of RandAR (forward, backward, AdamW step), in image tokens per second.
 
-    python benchmarks/bench_train.py                                    # CPU: tiny and L, fp32
+    python benchmarks/bench_train.py                                    # CPU: tiny and L, fp32 and bf16 autocast
+    python benchmarks/bench_train.py --configs toy --steps 5            # CPU: the quickstart's model
     python benchmarks/bench_train.py --device cuda --configs tiny l xl  # GPU: bf16 autocast, fused AdamW
 
 For each config it measures with and without gradient checkpointing and, with --compile, with torch.compile.
@@ -19,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 from RandAR.utils.config import instantiate_from_config, load_config  # noqa: E402
 
-CONFIGS = {"tiny": "configs/randar/randar_tiny.yaml", "l": "configs/randar/randar_l_0.3b_llamagen.yaml",
+CONFIGS = {"tiny": "configs/randar/randar_tiny.yaml", "toy": "configs/randar/randar_toy.yaml", "l": "configs/randar/randar_l_0.3b_llamagen.yaml",
            "xl": "configs/randar/randar_xl_0.7b_llamagen.yaml", "xxl": "configs/randar/randar_xxl_1.4b_llamagen.yaml"}
 
 
@@ -28,14 +29,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench(cfg, batch, device, grad_ckpt, compile_, steps, warmup):
+def bench(cfg, batch, device, grad_ckpt, compile_, steps, warmup, precision):
     model = instantiate_from_config(cfg.ar_model).to(device).train()
     model.grad_checkpointing = grad_ckpt
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     fwd = torch.compile(model) if compile_ else model
     idx = torch.randint(0, model.vocab_size, (batch, model.block_size), device=device)
     cond = torch.randint(0, model.num_classes, (batch,), device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -79,18 +80,22 @@ def main():
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
     p.add_argument("--data-path", default=None, help="latent-code folder, to time the data loader")
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+                   help="default: bf16 on CUDA; fp32 and bf16 on CPU (CPUs with avx512_bf16 or AMX gain from bf16)")
     args = p.parse_args()
     device = torch.device(args.device)
     names = args.configs or (["tiny", "l", "xl"] if device.type == "cuda" else ["tiny", "l"])
-    print(f"device {device}, torch {torch.__version__}, {'bf16 autocast' if device.type == 'cuda' else 'fp32'}")
+    precisions = args.precisions or (["bf16"] if device.type == "cuda" else ["fp32", "bf16"])
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     for name in names:
         cfg = load_config(os.path.join(ROOT, CONFIGS[name]))
-        batch = args.batch or (64 if name == "tiny" else (32 if device.type == "cuda" else 8))
-        for compile_ in ([False, True] if args.compile else [False]):
-            for grad_ckpt in (False, True):
-                tok_s, t, mem = bench(cfg, batch, device, grad_ckpt, compile_, args.steps, args.warmup)
-                print(f"{name:5s} batch {batch:3d} grad_ckpt {grad_ckpt!s:5s} compile {compile_!s:5s}: "
-                      f"{tok_s:10.0f} tokens/s  {t * 1e3:8.1f} ms/step  peak {mem:6.2f} GiB", flush=True)
+        batch = args.batch or (64 if name in ("tiny", "toy") else (32 if device.type == "cuda" else 8))
+        for precision in precisions:
+            for compile_ in ([False, True] if args.compile else [False]):
+                for grad_ckpt in (False, True):
+                    tok_s, t, mem = bench(cfg, batch, device, grad_ckpt, compile_, args.steps, args.warmup, precision)
+                    print(f"{name:5s} {precision} batch {batch:3d} grad_ckpt {grad_ckpt!s:5s} compile {compile_!s:5s}: "
+                          f"{tok_s:10.0f} tokens/s  {t * 1e3:8.1f} ms/step  peak {mem:6.2f} GiB", flush=True)
         if args.data_path:
             t_load = bench_loader(args.data_path, batch, cfg.ar_model.params.block_size,
                                   cfg.ar_model.params.vocab_size, args.num_workers)
