@@ -1,8 +1,10 @@
 """A procedural 10-class image dataset for the CPU quickstart, written in ImageNet's tar layout.
 
-Each class is a shape or texture (circle, square, ..., split) in one palette colour on a background of another,
-with random position, size, rotation and colours, so classes differ by shape only and every image is new. Masks are
-drawn at 4x resolution and box-averaged down, which gives anti-aliased edges a small tokenizer can reproduce.
+Each class is a shape, texture or layout (disc, ring, two dots, plus, corner, stripes, checker, split, band,
+frame) in one of six colours on one of three backgrounds, with random position, size, rotation (within
+23 degrees of upright), period and colours, so classes differ by shape only and every image is new. The classes
+differ at the scale of the 8x8 token grid, which a RandAR model trained for minutes can get right. Masks are drawn
+at 4x resolution and box-averaged down, which gives anti-aliased edges a small tokenizer can reproduce.
 
 Images are a pure function of (seed, split, label, index): the same seed gives byte-identical tars, and asking
 for more images per class keeps the first ones. Splits are written as `train.tar` / `val.tar` with members
@@ -19,17 +21,17 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "stripes", "checker", "star", "two_dots", "split")
+CLASS_NAMES = ("disc", "ring", "two_dots", "plus", "corner", "stripes", "checker", "split", "band", "frame")
 SPLITS = {"train": 0, "val": 1}  # part of each image's seed, so train and val never share an image
 SUPERSAMPLE = 4
 JPEG_QUALITY = 95
-# Colours come from a fixed palette rather than all of RGB: a small tokenizer can then spend its codes on shapes,
-# and a few CPU minutes of generator training suffice to get colours right.
-PALETTE = np.array([
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0),
-    (0, 0, 128), (255, 255, 255), (128, 128, 128), (20, 20, 20)], dtype=np.float32)
+# Few colours, and shapes that stay upright-ish: the quickstart trains its tokenizer and its RandAR model in a few
+# CPU minutes, and every extra colour pair or edge angle is entropy the model must learn before shapes come out.
+SHAPE_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                          (145, 30, 180)], dtype=np.float32)
+BACKGROUND_COLOURS = np.array([(20, 20, 20), (245, 245, 245), (128, 128, 128)], dtype=np.float32)
 MIN_COLOUR_DISTANCE = 120.0  # RGB distance between shape and background colours
+MAX_ROTATION = 0.4  # radians either way from each class's upright pose
 
 
 def wnid(label: int) -> str:
@@ -43,19 +45,15 @@ def _rotated(points, cx: float, cy: float, theta: float):
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
 
 
-def _star(r_out: float, r_in: float, n: int = 5):
-    return [((r_out if k % 2 == 0 else r_in) * math.cos(math.pi * k / n - math.pi / 2),
-             (r_out if k % 2 == 0 else r_in) * math.sin(math.pi * k / n - math.pi / 2)) for k in range(2 * n)]
-
-
 def _shape_mask(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     """Coverage in [0, 1] of the class's shape, float32 [size, size]. Geometry is in output pixels, drawn at
-    SUPERSAMPLE x and box-averaged."""
+    SUPERSAMPLE x and box-averaged. Classes differ in layout at the scale of the 8x8 token grid (one blob, a blob
+    with a hole, two blobs, ..., a border), so a small model's slightly wobbly edges do not change the class."""
     ss = SUPERSAMPLE
     n = size * ss
     cx, cy = size / 2 + rng.uniform(-0.12, 0.12, size=2) * size
-    r = rng.uniform(0.26, 0.38) * size
-    theta = rng.uniform(0, 2 * math.pi)
+    r = rng.uniform(0.28, 0.38) * size
+    theta = rng.uniform(-MAX_ROTATION, MAX_ROTATION)
     canvas = Image.new("L", (n, n), 0)
     draw = ImageDraw.Draw(canvas)
 
@@ -66,53 +64,52 @@ def _shape_mask(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
         draw.ellipse([(x - rad) * ss, (y - rad) * ss, (x + rad) * ss, (y + rad) * ss], fill=fill)
 
     name = CLASS_NAMES[label]
-    if name == "circle":
+    if name == "disc":
         disc(cx, cy, r)
-    elif name == "square":
-        h = r * 0.85
-        poly([(-h, -h), (h, -h), (h, h), (-h, h)])
-    elif name == "triangle":
-        R = r * 1.2
-        poly([(R * math.cos(a), R * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])
-    elif name == "cross":
-        a, w = r * 1.05, r * 0.32
-        poly([(-a, -w), (a, -w), (a, w), (-a, w)])
-        poly([(-w, -a), (w, -a), (w, a), (-w, a)])
     elif name == "ring":
-        disc(cx, cy, r * 1.05)
+        disc(cx, cy, r * 1.1)
         disc(cx, cy, r * rng.uniform(0.5, 0.62), fill=0)
-    elif name == "star":
-        poly(_star(r * 1.25, r * 0.5))
     elif name == "two_dots":
-        d, rad = r * 0.75, r * 0.42
+        d, rad = r * 0.85, r * 0.5
         dx, dy = d * math.cos(theta), d * math.sin(theta)
         disc(cx - dx, cy - dy, rad)
         disc(cx + dx, cy + dy, rad)
-    if name in ("stripes", "checker", "split"):
-        # Textures and the half-plane fill the whole image: computed on the supersampled pixel grid.
+    elif name == "plus":
+        a, w = r * 1.3, r * 0.42  # long, thick arms: four lobes even at the 8x8 token scale
+        poly([(-a, -w), (a, -w), (a, w), (-a, w)])
+        poly([(-w, -a), (w, -a), (w, a), (-w, a)])
+    else:
+        # Textures, half-planes, bands and borders: computed on the supersampled pixel grid.
         y, x = (np.mgrid[0:n, 0:n].astype(np.float32) + 0.5) / ss
         u = (x - cx) * math.cos(theta) + (y - cy) * math.sin(theta)
         v = -(x - cx) * math.sin(theta) + (y - cy) * math.cos(theta)
-        if name == "stripes":
-            period = rng.uniform(6.0, 10.0)
-            mask = (np.mod(u, period) < period / 2)
+        if name == "stripes":  # vertical
+            period = rng.uniform(7.0, 10.0)
+            mask = np.mod(u, period) < period / 2
         elif name == "checker":
             cell = rng.uniform(5.0, 8.0)
             mask = (np.floor(u / cell) + np.floor(v / cell)) % 2 == 0
-        else:
+        elif name == "split":  # two halves, side by side
             mask = u > 0
-        full = mask.astype(np.float32)
-    else:
-        full = np.asarray(canvas, dtype=np.float32) / 255.0
+        elif name == "corner":  # a quarter of the plane, towards one of the four image corners
+            su, sv = rng.choice([-1.0, 1.0], size=2)
+            mask = (su * u > 0) & (sv * v > 0)
+        elif name == "band":  # one horizontal bar across the image
+            mask = np.abs(v) < rng.uniform(0.15, 0.22) * size
+        else:  # frame: the shape colour everywhere but a square window
+            mask = np.maximum(np.abs(u), np.abs(v)) > rng.uniform(0.2, 0.28) * size
+        canvas = Image.fromarray((mask * 255).astype(np.uint8))
+    full = np.asarray(canvas, dtype=np.float32) / 255.0
     return full.reshape(size, ss, size, ss).mean(axis=(1, 3))
 
 
 def _colours(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """(shape colour, background colour): two palette entries far enough apart to keep the shape visible."""
+    """(shape colour, background colour), far enough apart to keep the shape visible."""
     while True:
-        fg, bg = rng.choice(len(PALETTE), size=2, replace=False)
-        if np.linalg.norm(PALETTE[fg] - PALETTE[bg]) >= MIN_COLOUR_DISTANCE:
-            return PALETTE[fg], PALETTE[bg]
+        fg = SHAPE_COLOURS[rng.integers(len(SHAPE_COLOURS))]
+        bg = BACKGROUND_COLOURS[rng.integers(len(BACKGROUND_COLOURS))]
+        if np.linalg.norm(fg - bg) >= MIN_COLOUR_DISTANCE:
+            return fg, bg
 
 
 def render_image(label: int, rng: np.random.Generator, image_size: int = 32) -> np.ndarray:
