@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,3 +46,24 @@ def test_quickstart_quick_run(tmp_path):
     assert r.returncode == 0
     for stage in ("data:", "tokenizer:", "classifier:", "train:"):
         assert f"=== {stage} tools" not in r.stdout and f"=== {stage} train_c2i" not in r.stdout, stage
+
+
+def test_quickstart_refuses_to_mix_outputs_of_other_settings(tmp_path, monkeypatch):
+    """A rerun reuses finished stages only when configs, dataset code and run settings are unchanged."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import quickstart
+
+    out = str(tmp_path / "demo")
+    quickstart.check_stamp(out, {"quick": True, "seed": 0})
+    quickstart.check_stamp(out, {"quick": True, "seed": 0})  # same settings: reuse
+    with pytest.raises(SystemExit, match="different quick.*--force"):
+        quickstart.check_stamp(out, {"quick": False, "seed": 0})
+    config = tmp_path / "changed.yaml"
+    config.write_text("max_iters: 1\n")
+    monkeypatch.setattr(quickstart, "MODEL_CONFIG", str(config))  # an absolute path wins in os.path.join
+    with pytest.raises(SystemExit, match="different .*changed.yaml"):
+        quickstart.check_stamp(out, {"quick": True, "seed": 0})
+    older = tmp_path / "older"
+    (older / "data").mkdir(parents=True)  # outputs from before stamps existed
+    with pytest.raises(SystemExit, match="older quickstart"):
+        quickstart.check_stamp(str(older), {"quick": True, "seed": 0})

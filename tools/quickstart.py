@@ -55,6 +55,31 @@ QUICK = dict(train_per_class=40, val_per_class=10, vq_iters=20, cls_iters=10, gp
              steps_samples=20, batch=20)
 
 
+def check_stamp(out: str, settings: dict) -> None:
+    """Finished stages are reused only if made from the same configs, dataset code and run settings: write these
+    into <out>/stamp.json on the first run, and stop with a clear message when a later run differs."""
+    import hashlib
+    stamp = dict(settings)
+    for rel in (MODEL_CONFIG, TOKENIZER_CONFIG, "RandAR/dataset/toy.py"):
+        with open(os.path.join(ROOT, rel), "rb") as f:
+            stamp[rel] = hashlib.sha256(f.read()).hexdigest()[:16]
+    path = os.path.join(out, "stamp.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        changed = sorted(k for k in set(old) | set(stamp) if old.get(k) != stamp.get(k))
+        if changed:
+            sys.exit(f"quickstart: {out} holds outputs made with a different {', '.join(changed)}; reusing them "
+                     f"would mix versions. Rerun with --force to start over there, or choose another --out.")
+        return
+    if os.path.isdir(os.path.join(out, "data")):
+        sys.exit(f"quickstart: {out} holds outputs of an older quickstart (no stamp.json); rerun with --force to "
+                 f"start over there, or choose another --out.")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(stamp, f, indent=1)
+
+
 def cpu_bf16_is_faster() -> bool:
     """Whether this CPU multiplies bfloat16 matrices faster than float32 (AVX512-BF16, AMX, ARM BF16): then the
     RandAR model trains under bf16 autocast, about 1.5x faster; elsewhere bf16 is emulated and slower."""
@@ -156,6 +181,7 @@ def main(argv=None):
     out = os.path.abspath(os.path.join(ROOT, args.out))
     if args.force and os.path.isdir(out):
         shutil.rmtree(out)
+    check_stamp(out, {"quick": args.quick, "seed": args.seed})
     logs, results = os.path.join(out, "logs"), os.path.join(out, "results")
     os.makedirs(results, exist_ok=True)
     t0 = time.time()
