@@ -20,8 +20,9 @@ sys.path.insert(0, ROOT)
 
 from RandAR.utils.config import instantiate_from_config, load_config  # noqa: E402
 
-CONFIGS = {"tiny": "configs/randar/randar_tiny.yaml", "toy": "configs/randar/randar_toy.yaml", "l": "configs/randar/randar_l_0.3b_llamagen.yaml",
-           "xl": "configs/randar/randar_xl_0.7b_llamagen.yaml", "xxl": "configs/randar/randar_xxl_1.4b_llamagen.yaml"}
+CONFIGS = {"tiny": "configs/randar/randar_tiny.yaml", "toy": "configs/randar/randar_toy.yaml",
+           "l": "configs/randar/randar_l_0.3b_llamagen.yaml", "xl": "configs/randar/randar_xl_0.7b_llamagen.yaml",
+           "xxl": "configs/randar/randar_xxl_1.4b_llamagen.yaml"}
 
 
 def sync(device):
@@ -93,9 +94,11 @@ def main():
         for precision in precisions:
             for compile_ in ([False, True] if args.compile else [False]):
                 for grad_ckpt in (False, True):
-                    tok_s, t, mem = bench(cfg, batch, device, grad_ckpt, compile_, args.steps, args.warmup, precision)
-                    print(f"{name:5s} {precision} batch {batch:3d} grad_ckpt {grad_ckpt!s:5s} compile {compile_!s:5s}: "
-                          f"{tok_s:10.0f} tokens/s  {t * 1e3:8.1f} ms/step  peak {mem:6.2f} GiB", flush=True)
+                    tok_s, t, mem = bench(cfg, batch, device, grad_ckpt, compile_, args.steps, args.warmup,
+                                          precision)
+                    print(f"{name:5s} {precision} batch {batch:3d} grad_ckpt {grad_ckpt!s:5s} "
+                          f"compile {compile_!s:5s}: {tok_s:10.0f} tokens/s  {t * 1e3:8.1f} ms/step  "
+                          f"peak {mem:6.2f} GiB", flush=True)
         if args.data_path:
             t_load = bench_loader(args.data_path, batch, cfg.ar_model.params.block_size,
                                   cfg.ar_model.params.vocab_size, args.num_workers)

@@ -20,6 +20,7 @@ metrics.json, and the summary table printed at the end.
 """
 import argparse
 import glob
+import hashlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +40,7 @@ from RandAR.utils.sample_io import class_labels  # noqa: E402
 
 MODEL_CONFIG = "configs/randar/randar_toy.yaml"
 TOKENIZER_CONFIG = "configs/tokenization/toy_vq.yaml"
-NUM_CLASSES, IMAGE_SIZE, NUM_TOKENS = 10, 32, 64
+NUM_CLASSES, IMAGE_SIZE = 10, 32
 STEP_COUNTS = (64, 22, 8)  # one token per step; about a third; an eighth
 EXP = "toy"
 # Sampling keeps the 16 likeliest of the 128 codes, the same share as LlamaGen's top-k 2000 of 16384; for a model
@@ -58,7 +60,6 @@ QUICK = dict(train_per_class=40, val_per_class=10, vq_iters=20, cls_iters=10, gp
 def check_stamp(out: str, settings: dict) -> None:
     """Finished stages are reused only if made from the same configs, dataset code and run settings: write these
     into <out>/stamp.json on the first run, and stop with a clear message when a later run differs."""
-    import hashlib
     stamp = dict(settings)
     for rel in (MODEL_CONFIG, TOKENIZER_CONFIG, "RandAR/dataset/toy.py"):
         with open(os.path.join(ROOT, rel), "rb") as f:
@@ -83,7 +84,6 @@ def check_stamp(out: str, settings: dict) -> None:
 def cpu_bf16_is_faster() -> bool:
     """Whether this CPU multiplies bfloat16 matrices faster than float32 (AVX512-BF16, AMX, ARM BF16): then the
     RandAR model trains under bf16 autocast, about 1.5x faster; elsewhere bf16 is emulated and slower."""
-    import torch
     timings = {}
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.randn(2048, 256, dtype=dtype), torch.randn(256, 512, dtype=dtype)

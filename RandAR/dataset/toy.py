@@ -154,7 +154,7 @@ def write_split_tar(path: str, split: str, num_per_class: int, seed: int, image_
 
 def make_toy_dataset(out_dir: str, num_train_per_class: int, num_val_per_class: int, seed: int = 0,
                      image_size: int = 32) -> Dict[str, str]:
-    """Write train.tar, val.tar and classes.json ({"0": "circle", ...}) under `out_dir`; return their paths."""
+    """Write train.tar, val.tar and classes.json ({"0": "disc", ...}) under `out_dir`; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"train": os.path.join(out_dir, "train.tar"), "val": os.path.join(out_dir, "val.tar"),
              "classes": os.path.join(out_dir, "classes.json")}

@@ -10,6 +10,7 @@ The logits read at q_i predict x_i, so the model is told *where* before it says 
 
 State-dict keys, shapes and numerics follow the official checkpoints. Generation lives in `generate.py`.
 """
+import contextlib
 import math
 from typing import Optional
 
@@ -154,16 +155,16 @@ class Attention(nn.Module):
         if self.n_kv_head != self.n_head:  # grouped-query attention: share each kv head among n_head/n_kv queries
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # CPU's bfloat16 attention kernels run 2-3x slower than float32 (torch 2.x): attend in float32 there
-            # (autocast off, or it would cast back); the projections around it keep the bfloat16 speed-up.
-            with torch.autocast("cpu", enabled=False):
-                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal,
-                                                   dropout_p=self.attn_dropout_p if self.training else 0.0)
-            y = y.to(q.dtype)
-        else:
+        # CPU's bfloat16 attention kernels run 2-3x slower than float32 (torch 2.x): attend in float32 there
+        # (autocast off, or it would cast back); the projections around it keep the bfloat16 speed-up.
+        dtype = q.dtype
+        upcast = q.device.type == "cpu" and dtype == torch.bfloat16
+        if upcast:
+            q, k, v = q.float(), k.float(), v.float()
+        with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                dropout_p=self.attn_dropout_p if self.training else 0.0)
+        y = y.to(dtype)
         return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, S, self.dim)))
 
 
