@@ -46,9 +46,17 @@ def precompute_freqs_cis_2d_extrapolation(grid_size: int, n_elem: int, base: flo
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, S, H, D) by per-sample angles freqs_cis (B, S, D // 2, 2); computed in float32."""
-    xs = x.float().unflatten(-1, (-1, 2))                        # (B, S, H, D/2, 2)
-    f = freqs_cis.float().unsqueeze(2)                           # (B, S, 1, D/2, 2)
-    out = torch.stack([xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1],
-                       xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]], dim=-1)
+    """Rotate x (B, S, H, D) by per-sample angles freqs_cis (B, S, D // 2, 2); computed in float32.
+
+    Each (even, odd) pair of x is a complex number multiplied by cos + i sin. Eager mode does it as one complex
+    multiply, about 5x faster on CPU than the real arithmetic on strided halves (RoPE is a large part of a small
+    model's training step); torch.compile gets the real form, which inductor fuses (it emits no complex code).
+    """
+    xs = x.float().unflatten(-1, (-1, 2))                                        # (B, S, H, D/2, 2)
+    f = freqs_cis.float().unsqueeze(2)                                           # (B, S, 1, D/2, 2)
+    if torch.compiler.is_compiling():
+        out = torch.stack([xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1],
+                           xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]], dim=-1)
+    else:
+        out = torch.view_as_real(torch.view_as_complex(xs) * torch.view_as_complex(f.contiguous()))
     return out.flatten(3).type_as(x)
