@@ -178,3 +178,17 @@ def test_out_of_range_codes_are_a_clear_error():
     for tok in (vq, mg):
         with pytest.raises(ValueError, match=r"token ids must be in \[0, 63\]"):
             tok.decode_codes_to_img(torch.full((1, 16), 64), 8)
+
+
+def test_code_lookup_is_float32_under_bf16_autocast():
+    """bfloat16 distances would pick a wrong code for near ties; under autocast the lookup still matches the
+    float32 one exactly (the tokenizer trainer's mixed_precision=bf16 relies on it)."""
+    torch.manual_seed(0)
+    vq = VQModel(codebook_size=512, codebook_embed_dim=8, encoder_ch_mult=[1, 1], decoder_ch_mult=[1, 1],
+                 z_channels=32, base_channels=32, num_res_blocks=1)
+    z = torch.randn(4, 8, 32, 32).bfloat16()  # as the encoder hands it over under autocast
+    _, _, (_, _, want) = vq.quantize(z.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, losses, (_, _, got) = vq.quantize(z)
+    assert z_q.dtype == torch.float32 and losses.vq_loss.dtype == torch.float32
+    assert torch.equal(got, want)

@@ -219,7 +219,12 @@ class VectorQuantizer(nn.Module):
         return z, d, d.argmin(1)
 
     def forward(self, z: torch.Tensor):
-        """z (B, C, h, w) -> (z_q (B, C, h, w) straight-through, VQLosses, (None, None, indices (B*h*w,)))."""
+        """z (B, C, h, w) -> (z_q (B, C, h, w) straight-through, VQLosses, (None, None, indices (B*h*w,))).
+        Always float32, also under autocast: bfloat16 distances would pick wrong codes for close pairs."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor):
         z, d, idx = self.lookup(z)
         z_q = self.codebook()[idx].view(z.shape)  # (B, h, w, C)
         vq_loss = torch.mean((z_q - z.detach()) ** 2)

@@ -45,6 +45,7 @@ class VQTrainArgs:
     restart_until: float = 0.75  # fraction of the iterations after which codes stay put, so the decoder settles
     usage_window: int = 50  # steps over which a code counts as used (logging and restarts)
     flip: bool = True  # random horizontal flips
+    bf16: bool = False  # encoder and decoder under bfloat16 autocast (the code lookup stays float32)
     num_workers: int = 0  # DataLoader workers; 0 decodes in the training process
     log_every: int = 20
     sample_every: int = 250  # reconstruction PNGs
@@ -108,7 +109,7 @@ def vq_training_step(model, x: torch.Tensor, args: VQTrainArgs):
     outputs (B*h*w, C) before quantization, for code restarts)."""
     z = model.quant_conv(model.encoder(x))  # (B, C, h, w)
     quant, q_losses, (_, _, idx) = model.quantize(z)
-    rec = model.decode(quant)
+    rec = model.decode(quant).float()  # losses in float32, also under autocast
     pixel = F.mse_loss(rec, x) if args.recon_loss == "l2" else F.l1_loss(rec, x)
     codebook = q_losses.vq_loss + q_losses.commit_loss + q_losses.entropy_loss
     total = args.recon_weight * pixel + args.codebook_weight * codebook
@@ -117,14 +118,15 @@ def vq_training_step(model, x: torch.Tensor, args: VQTrainArgs):
         edge = edge_loss(rec, x)
         total = total + args.edge_weight * edge
         parts["edge"] = edge.item()
-    return total, parts, idx, z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return total, parts, idx, z.detach().float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
 
 
 def optimize_step(model, optimizer, x: torch.Tensor, step: int, args: VQTrainArgs):
     """One update at the scheduled lr; returns what vq_training_step returns."""
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, args)
-    loss, parts, idx, z = vq_training_step(model, x, args)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        loss, parts, idx, z = vq_training_step(model, x, args)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if args.grad_clip > 0:
