@@ -7,6 +7,11 @@ the first n_elem // 4 pairs rotate with y, the last n_elem // 4 with x, pair k w
 """
 import torch
 
+try:
+    from torch.compiler import is_compiling
+except ImportError:  # torch < 2.3
+    from torch._dynamo import is_compiling
+
 
 def _inverse_frequencies(n_elem: int, base: float) -> torch.Tensor:
     half = n_elem // 2
@@ -54,7 +59,7 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """
     xs = x.float().unflatten(-1, (-1, 2))                                        # (B, S, H, D/2, 2)
     f = freqs_cis.float().unsqueeze(2)                                           # (B, S, 1, D/2, 2)
-    if torch.compiler.is_compiling():
+    if is_compiling():
         out = torch.stack([xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1],
                            xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]], dim=-1)
     else:
