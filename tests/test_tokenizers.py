@@ -182,7 +182,7 @@ def test_out_of_range_codes_are_a_clear_error():
 
 def test_code_lookup_is_float32_under_bf16_autocast():
     """bfloat16 distances would pick a wrong code for near ties; under autocast the lookup still matches the
-    float32 one exactly (the tokenizer trainer's mixed_precision=bf16 relies on it)."""
+    float32 one exactly (the tokenizer trainer's train.bf16=true relies on it)."""
     torch.manual_seed(0)
     vq = VQModel(codebook_size=512, codebook_embed_dim=8, encoder_ch_mult=[1, 1], decoder_ch_mult=[1, 1],
                  z_channels=32, base_channels=32, num_res_blocks=1)
