@@ -225,11 +225,27 @@ def evaluate_with(extractor: FeatureExtractor, ref_npz: str, sample_npz: str, ba
     return result
 
 
-def evaluate(ref_npz: str, sample_npz: str, batch_size: int = 64, inception_path: Optional[str] = None,
-             with_precision_recall: bool = True) -> dict:
-    """ADM's numbers: `evaluate_with` on the TF Inception-v3 graph -> dict(fid, sfid, inception_score, precision,
-    recall). Raises InceptionGraphMissing before reading any data when the graph file is absent."""
-    with InceptionV3TF(inception_path) as extractor:
+BACKENDS = ("tf", "torch")
+
+
+def build_inception(backend: str = "tf", inception_path: Optional[str] = None):
+    """ADM's Inception-v3 graph run by TensorFlow ("tf", InceptionV3TF) or by PyTorch without TensorFlow
+    ("torch", RandAR.eval.inception_torch: same graph, same features; CUDA when available)."""
+    if backend == "tf":
+        return InceptionV3TF(inception_path)
+    if backend == "torch":
+        from RandAR.eval.inception_torch import InceptionV3Torch
+        return InceptionV3Torch(inception_path)
+    raise ValueError(f"Inception backend {backend!r}: expected one of {BACKENDS}")
+
+
+def evaluate(ref_npz: str, sample_npz: str, batch_size: Optional[int] = None, inception_path: Optional[str] = None,
+             with_precision_recall: bool = True, backend: str = "tf") -> dict:
+    """ADM's numbers: `evaluate_with` on the Inception-v3 graph -> dict(fid, sfid, inception_score, precision,
+    recall). Raises InceptionGraphMissing before reading any data when the graph file is absent. batch_size None:
+    64, or the torch backend's choice for its device."""
+    with build_inception(backend, inception_path) as extractor:
+        batch_size = batch_size or getattr(extractor, "batch_size", 64)
         return evaluate_with(extractor, ref_npz, sample_npz, batch_size, with_precision_recall)
 
 
@@ -244,11 +260,16 @@ def main(argv=None) -> dict:
     parser.add_argument("sample_batch", help="sample .npz with uint8 images (N, H, W, 3) in arr_0")
     parser.add_argument("--inception-path", default=None,
                         help=f"classify_image_graph_def.pb (default: ${INCEPTION_ENV} or {DEFAULT_INCEPTION_PATH})")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per Inception forward pass")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per Inception forward pass (default: 64; torch on CUDA: from free memory)")
+    parser.add_argument("--backend", choices=BACKENDS, default="tf",
+                        help="run the graph with TensorFlow (ADM's evaluator) or with PyTorch (no TensorFlow, CUDA "
+                             "when available; see GETTING_STARTED.md)")
     args = parser.parse_args(argv)
 
     try:
-        result = evaluate(args.ref_batch, args.sample_batch, args.batch_size, args.inception_path)
+        result = evaluate(args.ref_batch, args.sample_batch, args.batch_size, args.inception_path,
+                          backend=args.backend)
     except InceptionGraphMissing as e:
         raise SystemExit(f"error: {e}")  # one message, no traceback
     for name in METRIC_NAMES:

@@ -455,7 +455,7 @@ class TFGraph:
                 raise KeyError(f"the graph has no node {name!r}")
 
         order = self._order(nodes, {n for n, _ in feeds}, [n for n, _ in fetches])
-        constants = {n: tensor_to_numpy(nodes[n].attrs["value"]) for n in order if nodes[n].op == "Const"}
+        constants = {n: nodes[n].attrs["value"] for n in order if nodes[n].op == "Const"}
         slots = {ref: i for i, ref in enumerate(feeds)}  # (node, index) -> slot in the value list
         self._constant_values: List[Tuple[int, torch.Tensor]] = []
         self._steps: List[Tuple[Callable, List[int], int]] = []
