@@ -194,6 +194,7 @@ class Builder:
 
     def __init__(self, node: Node, constants: Dict[str, np.ndarray], device):
         self.node, self._constants, self.device = node, constants, device
+        self.inplace = False  # True when input 0 may be overwritten (set by TFGraph for IN_PLACE ops)
 
     def const(self, i: int) -> np.ndarray:
         """The value of data input i, which must be a constant in the graph (an axis, a shape, ...)."""
@@ -297,15 +298,14 @@ def op_avg_pool(b: Builder):
 def op_batch_norm_global(b: Builder):
     """The legacy BatchNormWithGlobalNormalization(t, m, v, beta, gamma): (t - m) * (rsqrt(v + eps) [* gamma]) + beta,
     grouped as TF's kernel groups it."""
-    eps, scaled = b.node.attr("variance_epsilon"), b.node.attr("scale_after_normalization")
+    eps, scaled, inplace = b.node.attr("variance_epsilon"), b.node.attr("scale_after_normalization"), b.inplace
 
     def run(x, m, v, beta, gamma):
         scale = torch.rsqrt(v + eps)
         if scaled:
             scale = scale * gamma
-        y = x - m
-        y.mul_(scale)
-        return y.add_(beta)
+        y = x.sub_(m) if inplace else x - m
+        return torch.addcmul(beta, y, scale, out=y)
     return run
 
 
@@ -330,13 +330,12 @@ def op_resize_bilinear(b: Builder):
         x = x.float()
         y0, y1, fy = weights(x.shape[1], out_h, x.device)
         x0, x1, fx = weights(x.shape[2], out_w, x.device)
-        rows0, rows1 = x[:, y0], x[:, y1]  # (N, out_h, W, C)
-        top_left, top_right = rows0[:, :, x0], rows0[:, :, x1]
-        bottom_left, bottom_right = rows1[:, :, x0], rows1[:, :, x1]
-        fx, fy = fx[:, None], fy[:, None, None]
-        top = top_left + (top_right - top_left) * fx
-        bottom = bottom_left + (bottom_right - bottom_left) * fx
-        return top + (bottom - top) * fy
+        # TF: top = tl + (tr - tl) * fx, bottom likewise, out = top + (bottom - top) * fy. The x-lerp of an
+        # output row only depends on its input row, so it is done once per input row (same arithmetic).
+        left = x[:, :, x0]  # (N, H, out_w, C)
+        across = left + (x[:, :, x1] - left) * fx[:, None]
+        top = across[:, y0]  # (N, out_h, out_w, C)
+        return top + (across[:, y1] - top) * fy[:, None, None]
     return run
 
 
@@ -397,8 +396,7 @@ def op_check_numerics(b: Builder):
     message = b.node.attr("message", "")
 
     def run(x):
-        run.checks.append((b.node.name, message, torch.isfinite(x).all()))
-        return x
+        run.checks.append((b.node.name, message, torch.isfinite(torch.stack(torch.aminmax(x))).all()))
     run.checks = None  # set by TFGraph
     return run
 
@@ -424,7 +422,7 @@ OPS: Dict[str, Callable[[Builder], Callable]] = {
     "RealDiv": _simple(torch.div),
     "Conv2D": op_conv2d,
     "BatchNormWithGlobalNormalization": op_batch_norm_global,
-    "Relu": _simple(torch.relu),
+    "Relu": lambda b: torch.relu_ if b.inplace else torch.relu,
     "Tanh": _simple(torch.tanh),
     "MaxPool": op_max_pool,
     "AvgPool": op_avg_pool,
@@ -434,6 +432,11 @@ OPS: Dict[str, Callable[[Builder], Callable]] = {
     "MatMul": op_matmul,
     "Softmax": _simple(lambda x: torch.softmax(x, dim=-1)),
 }
+
+
+PASS_THROUGH = {"Identity", "StopGradient", "CheckNumerics"}  # output = the input tensor (CheckNumerics also checks)
+VIEWS = {"Reshape", "ExpandDims", "Squeeze", "Cast"}  # output may share the input's memory
+IN_PLACE = {"BatchNormWithGlobalNormalization", "Relu"}  # may overwrite input 0 when no one else reads it
 
 
 class CheckNumericsError(RuntimeError):
@@ -456,35 +459,57 @@ class TFGraph:
 
         order = self._order(nodes, {n for n, _ in feeds}, [n for n, _ in fetches])
         constants = {n: nodes[n].attrs["value"] for n in order if nodes[n].op == "Const"}
-        slots = {ref: i for i, ref in enumerate(feeds)}  # (node, index) -> slot in the value list
+        # Values live in numbered slots; an Identity-like node's output is its input's slot.
+        slots = {ref: i for i, ref in enumerate(feeds)}  # (node, index) -> slot
         self._constant_values: List[Tuple[int, torch.Tensor]] = []
-        self._steps: List[Tuple[Callable, List[int], int]] = []
-        self._checks: List[Tuple[str, str, torch.Tensor]] = []
+        planned: List[Tuple[Node, List[int], Optional[int]]] = []
         for name in order:
             node = nodes[name]
             if (name, 0) in slots:
                 continue
-            slot = len(slots)
-            slots[(name, 0)] = slot
-            if node.op == "Const":
-                if constants[name].dtype != object:
-                    self._constant_values.append((slot, torch.as_tensor(constants[name]).to(self.device)))
-                continue
-            if node.op not in OPS:
+            if node.op != "Const" and node.op not in OPS:
                 raise NotImplementedError(
                     f"node {name}: op type {node.op!r} is not supported by RandAR.eval.tf_graph "
                     f"(supported: {', '.join(sorted(OPS))})")
             for ref in node.inputs:
                 if ref[1] != 0:
                     raise NotImplementedError(f"node {name}: input {ref[0]}:{ref[1]}: only first outputs are supported")
-            fn = OPS[node.op](Builder(node, constants, self.device))
-            if hasattr(fn, "checks"):
-                fn.checks = self._checks
-            self._steps.append((fn, [slots[ref] for ref in node.inputs], slot))
+            ins = [slots[ref] for ref in node.inputs]
+            if node.op in PASS_THROUGH:
+                slots[(name, 0)] = ins[0]
+                if node.op == "CheckNumerics":
+                    planned.append((node, ins, None))
+                continue
+            slots[(name, 0)] = slot = len(slots)
+            if node.op == "Const":
+                if constants[name].dtype != object:
+                    self._constant_values.append((slot, torch.as_tensor(constants[name]).to(self.device)))
+                continue
+            planned.append((node, ins, slot))
         self._num_slots = len(slots)
         self._num_feeds = len(feeds)
         self._outputs = [slots[ref] for ref in fetches]
-        self._free_after = self._last_uses()
+
+        # Each slot is freed after its last reader; a slot that only one op's fresh output ever held may be
+        # overwritten in place by its last reader (saves an allocation and a pass over memory per layer).
+        last_use = {s: i for i, (_, ins, _) in enumerate(planned) for s in ins}
+        keep = set(self._outputs) | {s for s, _ in self._constant_values} | set(range(self._num_feeds))
+        fresh = {out for node, _, out in planned if out is not None and node.op not in VIEWS}
+        fresh -= {ins[0] for node, ins, _ in planned if node.op in VIEWS}  # a view of it may be read later
+        self._free_after = [[] for _ in planned]
+        for s, i in last_use.items():
+            if s not in keep:
+                self._free_after[i].append(s)
+        self._checks: List[Tuple[str, str, torch.Tensor]] = []
+        self._steps: List[Tuple[Callable, List[int], Optional[int]]] = []
+        for i, (node, ins, out) in enumerate(planned):
+            builder = Builder(node, constants, self.device)
+            builder.inplace = (node.op in IN_PLACE and ins[0] in fresh and ins[0] not in keep
+                               and last_use[ins[0]] == i)
+            fn = OPS[node.op](builder)
+            if hasattr(fn, "checks"):
+                fn.checks = self._checks
+            self._steps.append((fn, ins, out))
 
     @staticmethod
     def _order(nodes: Dict[str, Node], fed: set, fetch: List[str]) -> List[str]:
@@ -518,19 +543,6 @@ class TFGraph:
                         stack.append((dep, False))
         return order
 
-    def _last_uses(self) -> List[List[int]]:
-        """Per step, the slots no later step or output needs (freed right away to keep memory flat)."""
-        last = {}
-        for i, (_, ins, _) in enumerate(self._steps):
-            for s in ins:
-                last[s] = i
-        keep = set(self._outputs) | {s for s, _ in self._constant_values} | set(range(self._num_feeds))
-        free = [[] for _ in self._steps]
-        for s, i in last.items():
-            if s not in keep:
-                free[i].append(s)
-        return free
-
     @classmethod
     def from_file(cls, path: str, inputs: Sequence[str], outputs: Sequence[str], device="cpu") -> "TFGraph":
         return cls(read_graph_def(path), inputs, outputs, device)
@@ -545,7 +557,9 @@ class TFGraph:
             values[slot] = value
         self._checks.clear()
         for (fn, ins, out), free in zip(self._steps, self._free_after):
-            values[out] = fn(*[values[s] for s in ins])
+            value = fn(*[values[s] for s in ins])
+            if out is not None:
+                values[out] = value
             for s in free:
                 values[s] = None
         if self._checks and not bool(torch.stack([ok for _, _, ok in self._checks]).all()):

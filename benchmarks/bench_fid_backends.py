@@ -1,0 +1,110 @@
+"""ADM's evaluator with the Inception graph run by TensorFlow (--backend tf) and by PyTorch (--backend torch), in
+one process on the same images: the five metrics side by side, the time each backend spends in the network, and
+the torch/TF speed ratio.
+
+    python benchmarks/bench_fid_backends.py                      # Inception-like test graph (299x299, 32 wide)
+    python benchmarks/bench_fid_backends.py --inception-path classify_image_graph_def.pb --num-images 2000 \\
+        --device cuda                                            # the real graph; torch on the GPU, TF on CPU
+
+Images: random 4x4-cell colour images with noise (reference and a brighter sample set, --num-images each), so the
+numbers mean nothing about image quality; they are only compared between the backends. Without
+--inception-path, the graph is tests/tf_graphs.InceptionLike (the real graph's op types and names, random
+weights), written to a temporary directory; that needs TensorFlow to have been installed, as the tf backend does.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from RandAR.eval import fid  # noqa: E402
+
+
+class TimedExtractor:
+    """Wraps an extractor; adds up the seconds spent in pool_features (device work finished, arrays on host)."""
+
+    def __init__(self, extractor):
+        self.extractor, self.seconds, self.images = extractor, 0.0, 0
+
+    def pool_features(self, images):
+        start = time.perf_counter()
+        out = self.extractor.pool_features(images)
+        self.seconds += time.perf_counter() - start
+        self.images += len(images)
+        return out
+
+
+def make_images(rng, n, size, low=0):
+    cells = rng.integers(low, 256, size=(n, 4, 4, 3))
+    images = np.repeat(np.repeat(cells, -(-size // 4), 1), -(-size // 4), 2)[:, :size, :size]
+    return np.clip(images + rng.integers(-8, 9, size=images.shape), 0, 255).astype(np.uint8)
+
+
+def build(backend, path, device):
+    if backend == "tf":
+        return fid.InceptionV3TF(path)
+    from RandAR.eval.inception_torch import InceptionV3Torch
+    return InceptionV3Torch(path, device=device)
+
+
+def run_backend(backend, args, path, ref, sample, warmup):
+    start = time.perf_counter()
+    extractor = build(backend, path, args.device)
+    load = time.perf_counter() - start
+    batch = args.batch_size or getattr(extractor, "batch_size", 64)
+    extractor.pool_features(warmup[:batch])  # first-call set-up (kernels, allocator) is not timed
+    timed = TimedExtractor(extractor)
+    start = time.perf_counter()
+    result = fid.evaluate_with(timed, ref, sample, batch_size=batch)
+    total = time.perf_counter() - start
+    return dict(result, load_s=load, features_s=timed.seconds, total_s=total, images=timed.images, batch=batch)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--inception-path", default=None, help="the real classify_image_graph_def.pb (default: the "
+                                                           "Inception-like test graph)")
+    p.add_argument("--num-images", type=int, default=256, help="images in each of the reference and sample sets")
+    p.add_argument("--image-size", type=int, default=256, help="square image side (ADM ImageNet 256: 256)")
+    p.add_argument("--device", default="cpu", help="device of the torch backend (TF runs where its build runs)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 for tf, the torch backend's choice")
+    p.add_argument("--backends", nargs="+", default=list(fid.BACKENDS), choices=fid.BACKENDS)
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.inception_path
+        if path is None:
+            from tf_graphs import write_inception_like
+            path = os.path.join(tmp, "inception_like.pb")
+            write_inception_like(path, seed=0, size=299, width=32, num_classes=1008)
+        rng = np.random.default_rng(0)
+        ref, sample = os.path.join(tmp, "ref.npz"), os.path.join(tmp, "sample.npz")
+        np.savez(ref, arr_0=make_images(rng, args.num_images, args.image_size))
+        np.savez(sample, arr_0=make_images(rng, args.num_images, args.image_size, low=60))
+        warmup = make_images(rng, 512, args.image_size)
+        graph = "real graph" if args.inception_path else "Inception-like test graph"
+        print(f"{graph}, {args.num_images} + {args.num_images} images of {args.image_size}px, torch on {args.device}")
+        results = {b: run_backend(b, args, path, ref, sample, warmup) for b in args.backends}
+
+    columns = [*fid.METRIC_NAMES, "batch", "load_s", "features_s", "total_s", "img/s"]
+    print(f"{'backend':8s}" + "".join(f"{c:>18s}" for c in columns))
+    for backend, r in results.items():
+        r["img/s"] = r["images"] / r["features_s"]
+        print(f"{backend:8s}" + "".join(f"{r[c]:>18.6g}" if isinstance(r[c], float) else f"{r[c]:>18}"
+                                        for c in columns))
+    if len(results) == 2:
+        tf_r, torch_r = results["tf"], results["torch"]
+        for name in fid.METRIC_NAMES:
+            rel = abs(torch_r[name] - tf_r[name]) / max(abs(tf_r[name]), 1e-12)
+            print(f"{name}: torch {torch_r[name]!r} tf {tf_r[name]!r} relative difference {rel:.2e}")
+        print(f"speed ratio torch/tf (features): {tf_r['features_s'] / torch_r['features_s']:.2f}x "
+              f"({torch_r['img/s']:.1f} vs {tf_r['img/s']:.1f} images/s)")
+
+
+if __name__ == "__main__":
+    main()
