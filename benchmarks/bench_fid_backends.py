@@ -1,6 +1,6 @@
 """ADM's evaluator with the Inception graph run by TensorFlow (--backend tf) and by PyTorch (--backend torch), in
-one process on the same images: the five metrics side by side, the time each backend spends in the network, and
-the torch/TF speed ratio.
+one process on the same images: the five metrics side by side, the time each backend spent on features and in
+total, and the speed ratio torch/TF from alternating rounds on one batch.
 
     python benchmarks/bench_fid_backends.py                      # Inception-like test graph (299x299, 32 wide)
     python benchmarks/bench_fid_backends.py --inception-path classify_image_graph_def.pb --num-images 2000 \\
@@ -13,6 +13,7 @@ weights), written to a temporary directory; that needs TensorFlow to have been i
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -52,17 +53,25 @@ def build(backend, path, device):
     return InceptionV3Torch(path, device=device)
 
 
-def run_backend(backend, args, path, ref, sample, warmup):
-    start = time.perf_counter()
-    extractor = build(backend, path, args.device)
-    load = time.perf_counter() - start
-    batch = args.batch_size or getattr(extractor, "batch_size", 64)
-    extractor.pool_features(warmup[:batch])  # first-call set-up (kernels, allocator) is not timed
+def evaluate(backend, extractor, ref, sample, batch):
     timed = TimedExtractor(extractor)
     start = time.perf_counter()
     result = fid.evaluate_with(timed, ref, sample, batch_size=batch)
-    total = time.perf_counter() - start
-    return dict(result, load_s=load, features_s=timed.seconds, total_s=total, images=timed.images, batch=batch)
+    return dict(result, features_s=timed.seconds, total_s=time.perf_counter() - start, images=timed.images)
+
+
+def interleaved_speed(extractors, images, batches, rounds):
+    """Images/s of each extractor (at its batch size) on the same images, in alternating rounds, so that the
+    drifting load of a shared machine hits all alike."""
+    times = {name: [] for name in extractors}
+    for name, ex in extractors.items():
+        ex.pool_features(images[:batches[name]])  # first-call set-up (kernels, allocator) is not timed
+    for _ in range(rounds):
+        for name, ex in extractors.items():
+            start = time.perf_counter()
+            ex.pool_features(images[:batches[name]])
+            times[name].append(time.perf_counter() - start)
+    return {name: batches[name] / statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -73,6 +82,7 @@ def main():
     p.add_argument("--image-size", type=int, default=256, help="square image side (ADM ImageNet 256: 256)")
     p.add_argument("--device", default="cpu", help="device of the torch backend (TF runs where its build runs)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 for tf, the torch backend's choice")
+    p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds for the speed ratio")
     p.add_argument("--backends", nargs="+", default=list(fid.BACKENDS), choices=fid.BACKENDS)
     args = p.parse_args()
 
@@ -86,15 +96,24 @@ def main():
         ref, sample = os.path.join(tmp, "ref.npz"), os.path.join(tmp, "sample.npz")
         np.savez(ref, arr_0=make_images(rng, args.num_images, args.image_size))
         np.savez(sample, arr_0=make_images(rng, args.num_images, args.image_size, low=60))
-        warmup = make_images(rng, 512, args.image_size)
+        speed_images = make_images(rng, max(args.batch_size or 0, 500), args.image_size)
         graph = "real graph" if args.inception_path else "Inception-like test graph"
         print(f"{graph}, {args.num_images} + {args.num_images} images of {args.image_size}px, torch on {args.device}")
-        results = {b: run_backend(b, args, path, ref, sample, warmup) for b in args.backends}
+        extractors, results = {}, {}
+        for backend in args.backends:
+            start = time.perf_counter()
+            extractors[backend] = build(backend, path, args.device)
+            load = time.perf_counter() - start
+            batch = args.batch_size or getattr(extractors[backend], "batch_size", 64)
+            results[backend] = dict(evaluate(backend, extractors[backend], ref, sample, batch), load_s=load,
+                                    batch=batch)
+        batches = {b: r["batch"] for b, r in results.items()}
+        speed = interleaved_speed(extractors, speed_images, batches, args.rounds)
 
     columns = [*fid.METRIC_NAMES, "batch", "load_s", "features_s", "total_s", "img/s"]
     print(f"{'backend':8s}" + "".join(f"{c:>18s}" for c in columns))
     for backend, r in results.items():
-        r["img/s"] = r["images"] / r["features_s"]
+        r["img/s"] = speed[backend]
         print(f"{backend:8s}" + "".join(f"{r[c]:>18.6g}" if isinstance(r[c], float) else f"{r[c]:>18}"
                                         for c in columns))
     if len(results) == 2:
@@ -102,8 +121,9 @@ def main():
         for name in fid.METRIC_NAMES:
             rel = abs(torch_r[name] - tf_r[name]) / max(abs(tf_r[name]), 1e-12)
             print(f"{name}: torch {torch_r[name]!r} tf {tf_r[name]!r} relative difference {rel:.2e}")
-        print(f"speed ratio torch/tf (features): {tf_r['features_s'] / torch_r['features_s']:.2f}x "
-              f"({torch_r['img/s']:.1f} vs {tf_r['img/s']:.1f} images/s)")
+        print(f"speed ratio torch/tf: {speed['torch'] / speed['tf']:.2f}x ({speed['torch']:.1f} vs "
+              f"{speed['tf']:.1f} images/s, median of {args.rounds} alternating rounds, "
+              f"batches {batches})")
 
 
 if __name__ == "__main__":

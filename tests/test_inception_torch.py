@@ -280,6 +280,26 @@ def test_reshape_with_batch_one_is_batch_free():
     np.testing.assert_array_equal(got.numpy(), x.reshape(3, 12))
 
 
+def test_in_place_ops_never_overwrite_a_value_read_later():
+    # a is read by a view (Reshape) and by ops after its first reader; z is fetched and also read in place.
+    g = GraphBuilder()
+    g.placeholder("x")
+    g.const("c", np.float32(0.5))
+    g.const("shape", np.array([2, 6], np.int32))
+    g.op("a", "Sub", ["x", "c"], T=F32)
+    g.op("view", "Reshape", ["a", "shape"], T=F32, Tshape=tf.int32)
+    g.op("r", "Relu", ["a"], T=F32)
+    g.op("z", "Mul", ["r", "c"], T=F32)
+    g.op("z2", "Relu", ["z"], T=F32)
+    g.op("flat", "Reshape", ["z2", "shape"], T=F32, Tshape=tf.int32)
+    g.op("y", "Add", ["view", "flat"], T=F32)
+    x = np.random.default_rng(0).normal(size=(2, 3, 2)).astype(np.float32)
+    want = run_tf(g.serialized(), {"x:0": x}, ["y:0", "z:0", "a:0"])
+    got = TFGraph(parse_graph_def(g.serialized()), ["x:0"], ["y:0", "z:0", "a:0"])(torch.from_numpy(x.copy()))
+    for w, o in zip(want, got):
+        np.testing.assert_allclose(o.numpy(), w, rtol=1e-6)
+
+
 def test_check_numerics_raises_like_tensorflow():
     g = GraphBuilder()
     g.placeholder("x")

@@ -332,10 +332,10 @@ def op_resize_bilinear(b: Builder):
         x0, x1, fx = weights(x.shape[2], out_w, x.device)
         # TF: top = tl + (tr - tl) * fx, bottom likewise, out = top + (bottom - top) * fy. The x-lerp of an
         # output row only depends on its input row, so it is done once per input row (same arithmetic).
-        left = x[:, :, x0]  # (N, H, out_w, C)
-        across = left + (x[:, :, x1] - left) * fx[:, None]
-        top = across[:, y0]  # (N, out_h, out_w, C)
-        return top + (across[:, y1] - top) * fy[:, None, None]
+        left = x.index_select(2, x0)  # (N, H, out_w, C)
+        across = x.index_select(2, x1).sub_(left).mul_(fx[:, None]).add_(left)
+        top = across.index_select(1, y0)  # (N, out_h, out_w, C)
+        return across.index_select(1, y1).sub_(top).mul_(fy[:, None, None]).add_(top)
     return run
 
 
@@ -405,6 +405,20 @@ def _simple(fn: Callable) -> Callable:
     return lambda b: fn
 
 
+def _binary(fn: Callable) -> Callable:
+    """Elementwise op with numpy broadcasting; writes into x when allowed and the result has x's shape and dtype."""
+    def build(b: Builder):
+        if not b.inplace:
+            return fn
+
+        def run(x, y):
+            if x.dtype == y.dtype and torch.broadcast_shapes(x.shape, y.shape) == x.shape:
+                return fn(x, y, out=x)
+            return fn(x, y)
+        return run
+    return build
+
+
 OPS: Dict[str, Callable[[Builder], Callable]] = {
     "Identity": _simple(lambda x: x),
     "StopGradient": _simple(lambda x: x),
@@ -414,12 +428,12 @@ OPS: Dict[str, Callable[[Builder], Callable]] = {
     "Squeeze": op_squeeze,
     "Reshape": op_reshape,
     "ResizeBilinear": op_resize_bilinear,
-    "Add": _simple(torch.add),
-    "AddV2": _simple(torch.add),
-    "BiasAdd": _simple(torch.add),  # NHWC: the bias is on the last axis, numpy broadcasting
-    "Sub": _simple(torch.sub),
-    "Mul": _simple(torch.mul),
-    "RealDiv": _simple(torch.div),
+    "Add": _binary(torch.add),
+    "AddV2": _binary(torch.add),
+    "BiasAdd": _binary(torch.add),  # NHWC: the bias is on the last axis, numpy broadcasting
+    "Sub": _binary(torch.sub),
+    "Mul": _binary(torch.mul),
+    "RealDiv": _binary(torch.div),
     "Conv2D": op_conv2d,
     "BatchNormWithGlobalNormalization": op_batch_norm_global,
     "Relu": lambda b: torch.relu_ if b.inplace else torch.relu,
@@ -436,7 +450,8 @@ OPS: Dict[str, Callable[[Builder], Callable]] = {
 
 PASS_THROUGH = {"Identity", "StopGradient", "CheckNumerics"}  # output = the input tensor (CheckNumerics also checks)
 VIEWS = {"Reshape", "ExpandDims", "Squeeze", "Cast"}  # output may share the input's memory
-IN_PLACE = {"BatchNormWithGlobalNormalization", "Relu"}  # may overwrite input 0 when no one else reads it
+# may overwrite input 0 when no one else reads it
+IN_PLACE = {"BatchNormWithGlobalNormalization", "Relu", "Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv"}
 
 
 class CheckNumericsError(RuntimeError):
