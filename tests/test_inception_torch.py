@@ -387,3 +387,14 @@ def test_torch_backend_runs_without_tensorflow(inception):
     for name in ("fid", "sfid", "inception_score"):
         assert written[name] == pytest.approx(want[name], rel=1e-4), name
     assert (written["precision"], written["recall"]) == (want["precision"], want["recall"])
+
+
+def test_search_passes_the_eval_backend_through(inception):
+    from helpers import load_script
+    from RandAR.eval.inception_torch import InceptionV3Torch
+    search = load_script("tools/search_cfg_weights.py")
+    path, ref, _ = inception
+    base = ["--config", "c.yaml", "--exp-name", "e", "--gpt-ckpt", "g", "--ref-path", ref, "--evaluator-path", path]
+    assert isinstance(search.check_and_build_extractor(search.parse_args(base + ["--eval-backend", "torch"])),
+                      InceptionV3Torch)
+    assert isinstance(search.check_and_build_extractor(search.parse_args(base)), fid.InceptionV3TF)  # the default

@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--evaluator-path", "--inception-path", default=None,
                    help=f"adm: classify_image_graph_def.pb (default ${fid.INCEPTION_ENV} or "
                         f"{fid.DEFAULT_INCEPTION_PATH}); toy: the classifier checkpoint")
+    p.add_argument("--eval-backend", default="tf", choices=fid.BACKENDS,
+                   help="adm: run the Inception graph with TensorFlow or PyTorch (no TensorFlow; CUDA if available)")
     p.add_argument("--eval-batch-size", type=int, default=64, help="images per feature-extractor call")
     p.add_argument("--cfg-scales", default=None, help="resolution extrapolation (with --spatial-cfg-scales)")
     p.add_argument("--spatial-cfg-scales", default=None, help="resolution extrapolation (with --cfg-scales)")
@@ -120,7 +122,7 @@ def check_and_build_extractor(args):
     """The feature extractor of --evaluator; also checks the reference batch exists, before any sampling."""
     if not os.path.isfile(args.ref_path):
         raise FileNotFoundError(f"reference batch {args.ref_path} not found (--ref-path)")
-    return build_extractor(args.evaluator, args.evaluator_path)
+    return build_extractor(args.evaluator, args.evaluator_path, backend=args.eval_backend)
 
 
 def on_main(dist, fn):

@@ -1,7 +1,8 @@
 """Feature extractors for the metric suite, by name, so every evaluation tool selects them the same way.
 
-    adm   ADM's TensorFlow Inception-v3 (RandAR.eval.fid.InceptionV3TF); path = classify_image_graph_def.pb
-          (default $RANDAR_INCEPTION_PATH or ~/.cache/randar/classify_image_graph_def.pb)
+    adm   ADM's Inception-v3 graph; path = classify_image_graph_def.pb (default $RANDAR_INCEPTION_PATH or
+          ~/.cache/randar/classify_image_graph_def.pb); backend "tf" (RandAR.eval.fid.InceptionV3TF) or "torch"
+          (RandAR.eval.inception_torch.InceptionV3Torch: the same graph run by PyTorch, no TensorFlow)
     toy   the CPU quickstart's classifier (RandAR.eval.toy_classifier); path = its checkpoint (required)
     a.b.C any class with a no-argument constructor and RandAR.eval.fid.FeatureExtractor's `pool_features`
 """
@@ -10,10 +11,10 @@ from typing import Optional
 EVALUATORS = ("adm", "toy")
 
 
-def build_extractor(name: str, path: Optional[str] = None):
+def build_extractor(name: str, path: Optional[str] = None, backend: str = "tf"):
     if name == "adm":
-        from RandAR.eval.fid import InceptionV3TF
-        return InceptionV3TF(path)
+        from RandAR.eval.fid import build_inception
+        return build_inception(backend, path)
     if name == "toy":
         if not path:
             raise ValueError("the toy evaluator needs its classifier checkpoint (tools/train_classifier.py): "
