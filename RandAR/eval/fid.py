@@ -2,12 +2,14 @@
 batch against a reference batch, both .npz files holding uint8 images [N, H, W, 3] under `arr_0`.
 
     python -m RandAR.eval.fid VIRTUAL_imagenet256_labeled.npz samples.npz [--inception-path P] [--batch-size N]
+        [--backend tf|torch]
 
 Two layers, so other networks can plug in:
   - `evaluate_with(extractor, ref, sample)` streams both files through any `FeatureExtractor` and scores the
     features with RandAR.eval.metrics;
   - `InceptionV3TF` is ADM's extractor: the frozen TF Inception-v3 graph `classify_image_graph_def.pb`, read
-    from a local file (no network at run time). `evaluate(ref, sample)` uses it.
+    from a local file (no network at run time). `evaluate(ref, sample)` uses it; `backend="torch"` runs the same
+    graph with PyTorch instead (RandAR.eval.inception_torch, no TensorFlow).
 """
 import argparse
 import json

@@ -6,14 +6,15 @@
 
 This is not a re-implementation of a network: `TFGraph` walks back from the requested outputs to the fed inputs
 (control inputs included, so CheckNumerics nodes run as in TF), orders those nodes once, and calls one PyTorch
-function per node with the node's attributes and the graph's constants. Every supported op type reproduces
-TensorFlow's kernel (resize coordinates, SAME padding split as TF splits it, average pooling that does not count
-padding, the legacy BatchNormWithGlobalNormalization, ...); an op type outside `OPS` is an error naming the node.
+function per node with the node's attributes and the graph's constants. Every supported op type computes what
+TensorFlow's kernel computes, to float32 rounding (resize coordinates, SAME padding split as TF splits it, average
+pooling that does not count padding, the legacy BatchNormWithGlobalNormalization, ...); an op type outside `OPS`
+is an error naming the node.
 
 Reading the .pb: with the `protobuf` package and a GraphDef schema declared below in Python (descriptor_pb2,
 TensorFlow's field numbers, a private descriptor pool). No TensorFlow, no generated _pb2 files (tensorboard's
 would tie us to tensorboard), no one-off conversion step: the file ADM downloads is read as is, and the
-protobuf runtime (already a dependency of torch/TF tooling) parses a 95 MB graph in well under a second.
+protobuf runtime (C-accelerated) parses the 95 MB graph once per run.
 
 Layout: tensors keep TensorFlow's layout (NHWC), so every op's axes, broadcasting and reshapes mean what the
 graph says; convolutions and pools hand torch an NCHW *view* of the NHWC memory (torch's channels_last), which
@@ -88,7 +89,10 @@ def graph_def_class():
                 fd.oneof_index = 0
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.GraphDef"))
+    descriptor = pool.FindMessageTypeByName(f"{_PACKAGE}.GraphDef")
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.22
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
 
 
 def parse_graph_def(data: bytes):
