@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
 from RandAR.utils.checkpoint import strip_wrapper_prefixes
 from RandAR.utils.checkpoint_rotation import (clear_temporaries, experiment_name, latest_checkpoint,
@@ -174,6 +175,7 @@ def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
 
 def main(args):
     cfg = resolve_config(args)
+    check_codes_for_config(cfg)  # codes of another tokenizer, vocabulary or split: stop before any folder is made
     exp_name = experiment_name(args.exp_name, cfg.global_batch_size, cfg.optimizer.lr)
     exp_dir = os.path.join(cfg.results_dir, exp_name)
     ckpt_dir = os.path.join(exp_dir, "checkpoints")

@@ -40,8 +40,8 @@ from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
 from RandAR.eval.extractors import EVALUATORS, build_extractor  # noqa: E402
 from RandAR.utils.distributed import (broadcast_object, cleanup, create_npz_from_sample_folder,  # noqa: E402
                                       init_distributed)
-from RandAR.utils.run_stamp import (StampMismatchError, file_fingerprint, remove_outputs,  # noqa: E402
-                                    stamp_differences, write_json_atomic)
+from RandAR.utils.run_stamp import (StampMismatchError, differences_text, file_fingerprint,  # noqa: E402
+                                    remove_outputs, write_json_atomic)
 from RandAR.utils.sample_io import (add_sampling_args, check_inputs, ckpt_name, load_models, parse_pair,  # noqa: E402
                                     run_stamp_of, sample_to_folder, save_debug_grid, spec_from_args)
 
@@ -116,9 +116,9 @@ def load_results(path: str, settings: dict, force: bool = False) -> dict:
         return {"settings": settings, "search": {}}
     with open(path) as f:
         results = json.load(f)
-    diff = stamp_differences(results.get("settings", {}), settings)
+    diff = differences_text(results.get("settings", {}), settings)
     if diff:
-        raise StampMismatchError(f"{path} holds results made with other settings ({'; '.join(diff)}); pass --force "
+        raise StampMismatchError(f"{path} holds results made with other settings ({diff}); pass --force "
                                  f"to start the search afresh (removes them), or another --results-path")
     return results
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Sequence
 
 FINGERPRINT_CHUNKS = 8  # evenly spread reads, the first and last bytes included
 FINGERPRINT_CHUNK_BYTES = 1 << 20  # 8 MB read in all: milliseconds for a 3 GB checkpoint
+MAX_SHOWN_DIFFERENCES = 6  # keeps a mismatch error to one readable line
 
 
 class StampMismatchError(ValueError):
@@ -63,6 +64,13 @@ def stamp_differences(recorded: dict, current: dict) -> List[str]:
             for k in sorted(set(old) | set(new)) if old.get(k, "(absent)") != new.get(k, "(absent)")]
 
 
+def differences_text(recorded: dict, current: dict) -> str:
+    """The differing fields of two stamps on one line ('' when equal)."""
+    diff = stamp_differences(recorded, current)
+    more = len(diff) - MAX_SHOWN_DIFFERENCES
+    return "; ".join(diff[:MAX_SHOWN_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
+
+
 def remove_outputs(paths: Sequence[str]):
     for path in paths:
         if os.path.isdir(path):
@@ -71,12 +79,15 @@ def remove_outputs(paths: Sequence[str]):
             os.remove(path)
 
 
-def claim(stamp_path: str, stamp: dict, outputs: Sequence[str] = (), force: bool = False, what: str = "run") -> bool:
+def claim(stamp_path: str, stamp: dict, outputs: Sequence[str] = (), force: bool = False, what: str = "run",
+          fix: str = "pass --force to start it afresh (removes its outputs), or change --exp-name / the output path"
+          ) -> bool:
     """Make `stamp_path` record `stamp` before any output of the run is written.
 
     outputs: the run's files and folders (besides the stamp). Returns True when an equal stamp was there (a
     resume). When the recorded stamp differs, or outputs exist with no stamp: with `force`, the outputs and the
-    stamp are removed and the run starts afresh; otherwise StampMismatchError names the differing fields.
+    stamp are removed and the run starts afresh; otherwise StampMismatchError names the differing fields and
+    ends with `fix`.
     """
     recorded = None
     if os.path.isfile(stamp_path):
@@ -84,13 +95,12 @@ def claim(stamp_path: str, stamp: dict, outputs: Sequence[str] = (), force: bool
             recorded = json.load(f)
     elif not force and any(os.path.lexists(p) for p in outputs):
         raise StampMismatchError(f"{what} outputs {[p for p in outputs if os.path.lexists(p)][0]} exist without a "
-                                 f"record of what made them ({stamp_path}); pass --force to start the {what} afresh")
+                                 f"record of what made them ({stamp_path}); {fix}")
     if recorded is not None and not force:
-        diff = stamp_differences(recorded, stamp)
+        diff = differences_text(recorded, stamp)
         if not diff:
             return True
-        raise StampMismatchError(f"{stamp_path} records another {what} ({'; '.join(diff)}); pass --force to start "
-                                 f"it afresh (removes its outputs), or change --exp-name / the output path")
+        raise StampMismatchError(f"{stamp_path} records another {what} ({diff}); {fix}")
     if force:
         remove_outputs([*outputs, stamp_path])
     write_json_atomic(stamp, stamp_path)
