@@ -9,8 +9,8 @@ writes <sample-dir>/<run-name>/{i:06d}.png for i < --num-fid-samples and then <s
 depend only on --global-seed and i, so the result does not depend on the number of processes, and a killed
 run, started again with the same flags, only makes the missing PNGs. <sample-dir>/<run-name>.stamp.json
 records the checkpoints' content fingerprints, the config and the sampling settings: a run whose inputs
-differ from the stamp's stops before sampling (--force: remove that run's outputs and start afresh). `--debug` writes a grid of the first
-batch to <sample-dir>/<run-name>-debug.png and exits.
+differ from the stamp's stops before sampling (--force: remove that run's outputs and start afresh).
+`--debug` writes a grid of the first batch to <sample-dir>/<run-name>-debug.png and exits.
 """
 import argparse
 import sys

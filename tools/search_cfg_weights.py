@@ -21,6 +21,7 @@ otherwise stops naming the fields that differ. Each scale's sample folder has it
 With --cfg-scales a,b --spatial-cfg-scales c,d (documentation section 6) this script runs resolution-
 extrapolation sampling instead (RandAR.applications.extrapolation_sampling, as tools/resolution_extrapolation.py),
 which takes none of the search's own flags.
+
 --evaluator: `adm` (ADM's TF Inception-v3, graph from --evaluator-path / $RANDAR_INCEPTION_PATH), `toy` (the CPU
 quickstart's classifier, checkpoint from --evaluator-path), or the dotted path of any class whose no-argument
 instance has RandAR.eval.fid.FeatureExtractor's `pool_features` (see RandAR/eval/extractors.py).
@@ -47,7 +48,8 @@ from RandAR.utils.sample_io import (add_sampling_args, check_inputs, ckpt_name, 
 
 # Ranks wait in a collective while rank 0 packs and evaluates (50k images with precision/recall: long).
 EVAL_TIMEOUT = timedelta(hours=6)
-USER_ERRORS = (FileNotFoundError, ValueError, ImportError, CheckpointMismatchError)  # StampMismatchError is a ValueError
+# StampMismatchError (a run stamp that differs) is a ValueError.
+USER_ERRORS = (FileNotFoundError, ValueError, ImportError, CheckpointMismatchError)
 EXTRAPOLATION_FLAGS = ("--cfg-scales", "--spatial-cfg-scales")  # these run resolution extrapolation instead
 
 
@@ -149,7 +151,7 @@ def search_only_flags() -> set:
 
 def run_extrapolation(argv):
     """The documented resolution-extrapolation command (section 6) names this script: run it, unless search-only
-    flags came with it (they would be ignored, so say so)."""
+    flags came with it (say which, rather than the extrapolation parser's bare "unrecognized arguments")."""
     from RandAR.applications.extrapolation_sampling import main as extrapolation_main
 
     given = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in search_only_flags()]
