@@ -321,3 +321,19 @@ def test_training_refuses_codes_of_another_tokenizer_or_split(setup, tmp_path):
     assert not (tmp_path / "results").exists()
     with pytest.raises(ValueError, match="codebook_size 32"):  # the dataset class checks it too
         INatLatentDataset(str(tmp_path / "imagenet-vq32-adm-8_codes"), vocab_size=64, block_size=16)
+
+
+def test_released_archive_names_stand_for_a_manifest(tmp_path):
+    """The released archives have no manifest: MaskGIT's (ids < 1024) would pass a 16384-vocabulary model's id
+    check, so their folder names say what made them. LlamaGen's archive trains a LlamaGen model as before."""
+    rng = np.random.default_rng(0)
+    for name, vocab in [("imagenet-maskgit-adm-256_codes", 1024), ("imagenet-llamagen-adm-256_codes", 16384)]:
+        (tmp_path / name / "0").mkdir(parents=True)
+        np.save(tmp_path / name / "0" / "0.npy", rng.integers(0, vocab, size=(2, 256)))
+    with pytest.raises(ValueError, match=r"imagenet-maskgit-adm-256_codes says codebook_size 1024 \(the model's "
+                                         r"vocab_size is 16384\)"):
+        INatLatentDataset(str(tmp_path / "imagenet-maskgit-adm-256_codes"), vocab_size=16384, block_size=256)
+    assert len(INatLatentDataset(str(tmp_path / "imagenet-llamagen-adm-256_codes") + "/", vocab_size=16384,
+                                 block_size=256)) == 1
+    assert len(INatLatentDataset(str(tmp_path / "imagenet-maskgit-adm-256_codes"), vocab_size=1024,
+                                 block_size=256)) == 1

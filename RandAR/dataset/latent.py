@@ -18,6 +18,14 @@ import torch
 NUM_CHECKED_FILES = 64  # files read at start-up to catch a wrong archive before training starts
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "randar-codes-1"
+# The released archives carry no manifest; their folder names say what made them (GETTING_STARTED.md, section 2).
+RELEASED_CODES = {
+    "imagenet-llamagen-adm-256_codes": dict(tokenizer="llamagen", tokenizer_target="RandAR.model.tokenizer.VQModel",
+                                            codebook_size=16384, code_length=256, image_size=256, split="train"),
+    "imagenet-maskgit-adm-256_codes": dict(tokenizer="maskgit",
+                                           tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer",
+                                           codebook_size=1024, code_length=256, image_size=256, split="train"),
+}
 
 
 def codes_manifest(*, split: str, dataset: str, tokenizer: str, tokenizer_target: str, codebook_size: int,
@@ -42,8 +50,15 @@ def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size:
                     tokenizer_target: Optional[str] = None, split: Optional[str] = None):
     """ValueError when the manifest of `root_dir` says its codes do not fit a model with this vocabulary, token
     count and tokenizer (or are of another split). Ids alone cannot tell: MaskGIT's ids (< 1024) are all valid
-    ids of a 16384-entry LlamaGen vocabulary. A folder without a manifest passes (the released layout)."""
-    manifest = read_manifest(root_dir) if os.path.isdir(root_dir) else None
+    ids of a 16384-entry LlamaGen vocabulary. Without a manifest, a released archive's folder name stands for
+    one (RELEASED_CODES); any other folder without one passes."""
+    if not os.path.isdir(root_dir):
+        return
+    source = os.path.join(root_dir, MANIFEST_NAME)
+    manifest = read_manifest(root_dir)
+    if manifest is None:
+        name = os.path.basename(os.path.normpath(root_dir))
+        manifest, source = RELEASED_CODES.get(name), f"the released archive's name {name}"
     if manifest is None:
         return
     # manifest key: (what the model calls it, the model's value)
@@ -52,8 +67,8 @@ def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size:
     wrong = [f"{key} {manifest.get(key)!r} (the model's {name} is {value!r})"
              for key, (name, value) in expected.items() if value is not None and manifest.get(key) != value]
     if wrong:
-        raise ValueError(f"the codes in {root_dir} do not fit this model: {os.path.join(root_dir, MANIFEST_NAME)} "
-                         f"records {', '.join(wrong)}; they were made with tokenizer {manifest.get('tokenizer')!r} "
+        raise ValueError(f"the codes in {root_dir} do not fit this model: {source} says {', '.join(wrong)}; "
+                         f"they were made with tokenizer {manifest.get('tokenizer')!r} "
                          f"at {manifest.get('image_size')}px. Use the codes of the config's tokenizer (and the "
                          f"train split), or the config made for these codes")
 
