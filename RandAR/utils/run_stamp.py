@@ -14,7 +14,7 @@ import shutil
 from typing import Any, Dict, List, Sequence
 
 FINGERPRINT_CHUNKS = 8  # evenly spread reads, the first and last bytes included
-FINGERPRINT_CHUNK_BYTES = 1 << 20  # 8 MB read in all: milliseconds for a 3 GB checkpoint
+FINGERPRINT_CHUNK_BYTES = 1 << 20  # 8 MB read in all, however large the checkpoint
 MAX_SHOWN_DIFFERENCES = 6  # keeps a mismatch error to one readable line
 
 
@@ -24,7 +24,7 @@ class StampMismatchError(ValueError):
 
 def file_fingerprint(path: str) -> str:
     """`<size>:<sha256 of a few MB spread over the file>`: cheap for multi-GB checkpoints, and two trainings'
-    exports (whose weights differ everywhere) never share it, whatever their file names."""
+    exports (whose weights differ everywhere) do not share it, whatever their file names."""
     size = os.path.getsize(path)
     digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
