@@ -139,6 +139,11 @@ def export_metadata(cfg, step, weights):
             "ar_model": json.dumps(to_plain(cfg.ar_model))}
 
 
+def export_steps(cfg):
+    """Steps whose model-only exports outlive their full training state: the milestones and the last step."""
+    return set(cfg.export_milestones) | {cfg.max_iters}
+
+
 def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger):
     exports = {".safetensors": (strip_wrapper_prefixes(accelerator.get_state_dict(model)),
                                 export_metadata(cfg, state.step, "model"))}
@@ -147,10 +152,11 @@ def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, l
     path = save_checkpoint(accelerator, ckpt_dir, state.step, exports)
     if accelerator.is_main_process:
         logger.info(f"saved checkpoint {path}")
-        prune_checkpoints(ckpt_dir, cfg.get("keep_last_k", -1))
+        milestones = export_steps(cfg)
+        prune_checkpoints(ckpt_dir, cfg.keep_last_k, milestones)
         if mirror_dir:
             try:
-                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.get("keep_last_k", -1))
+                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.keep_last_k, milestones)
                 logger.info(f"mirrored checkpoint to {copy}")
             except Exception as e:  # a full or flaky slow disk must not stop training
                 logger.error(f"could not mirror checkpoint {state.step} to {mirror_dir}: {type(e).__name__}: {e}")
@@ -284,7 +290,7 @@ def main(args):
             meter.reset()
         if want_vis:
             visualize(accelerator, model, tokenizer, vis, cfg, state.step, exp_dir, logger)
-        if (ckpt_every and state.step % ckpt_every == 0) or state.step == cfg.max_iters or stop:
+        if (ckpt_every and state.step % ckpt_every == 0) or state.step in export_steps(cfg) or stop:
             save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger)
         if stop:
             logger.info(f"stop requested (SIGUSR1): checkpointed at step {state.step}, exiting")
