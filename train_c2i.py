@@ -17,6 +17,7 @@ import inspect
 import json
 import math
 import os
+import sys
 
 import torch
 from accelerate import Accelerator
@@ -30,6 +31,7 @@ from RandAR.utils.checkpoint import strip_wrapper_prefixes
 from RandAR.utils.checkpoint_rotation import (clear_temporaries, experiment_name, latest_checkpoint,
                                               mirror_checkpoint, prune_checkpoints, save_checkpoint)
 from RandAR.utils.config import get_obj_from_str, load_config, to_plain
+from RandAR.utils.config_schema import ConfigError, constructor_arguments
 from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb
 from RandAR.utils.lr_scheduler import scheduler_from_config
 from RandAR.utils.train_state import (EMA, SeededItems, StepBatchSampler, StopRequest, TrainState, sample_seed,
@@ -48,16 +50,61 @@ FLAG_KEYS = {"data_path": "dataset.params.root_dir", "vq_ckpt": "vq_ckpt", "resu
 VIS_CFG_SCALES = (4.0, 4.0)  # guidance of the free samples in the visualisations (the original's)
 
 
+class InputError(ValueError):
+    """A missing or unusable input, found before anything is built or written."""
+
+
 def resolve_config(args):
+    """The config with overrides and flags applied, checked (config_schema) and with every required key set."""
     cfg = load_config(args.config, args.overrides)
     for flag, key in FLAG_KEYS.items():
         if getattr(args, flag) is not None:
             OmegaConf.update(cfg, key, getattr(args, flag), merge=False)
     if args.wandb_offline:
         cfg.wandb_offline = True
-    mp = str(cfg.get("accelerator", {}).get("mixed_precision", "no"))
+    mp = str(cfg.accelerator.mixed_precision)
     OmegaConf.update(cfg, "accelerator.mixed_precision", "no" if mp.lower() in ("none", "no", "fp32") else mp)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{args.config}: training needs {', '.join(missing)} (set in the YAML or as key=value)")
+    for section in ("ar_model", "dataset"):
+        if section not in cfg:
+            raise ConfigError(f"{args.config}: training needs an `{section}:` section with `target` and `params`")
     return cfg
+
+
+def check_data_folder(root):
+    """The latent-code folder exists and holds at least one `<label>/<index>.npy` (cheap: stops at the first)."""
+    if not root or not os.path.isdir(root):
+        raise InputError(f"data folder not found: {root} (--data-path: the codes of tools/extract_latent_codes.py)")
+    for entry in os.scandir(root):
+        if entry.is_dir() and entry.name.isdigit():
+            if any(f.name.endswith(".npy") for f in os.scandir(entry.path)):
+                return
+    raise InputError(f"data folder {root} holds no code files <label>/<index>.npy (--data-path: the codes of "
+                     f"tools/extract_latent_codes.py)")
+
+
+def check_inputs(cfg, args):
+    """Everything that can be checked cheaply, before the accelerator, the experiment folder or the model."""
+    if cfg.accelerator.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"accelerator.mixed_precision={cfg.accelerator.mixed_precision!r}: use no, fp16 or bf16")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    accum = cfg.accelerator.gradient_accumulation_steps
+    if cfg.global_batch_size < 1 or cfg.global_batch_size % (world * accum):
+        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not a positive multiple of world size "
+                          f"{world} x gradient_accumulation_steps {accum}")
+    # the schedule's settings, on a throw-away optimizer (the same code builds the real one)
+    scheduler_from_config(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.lr_scheduler,
+                          cfg.max_iters)
+    root = (cfg.dataset.get("params") or {}).get("root_dir")
+    if root is not None or "root_dir" in (constructor_arguments(cfg.dataset.target) or ()):
+        check_data_folder(root)
+    if cfg.visualize_every and cfg.vq_ckpt and not os.path.isfile(cfg.vq_ckpt):
+        raise InputError(f"tokenizer checkpoint not found: {cfg.vq_ckpt} (the visualisations decode with it: "
+                         f"pass --vq-ckpt, or --visualize-every 0)")
+    if args.gpt_ckpt and not os.path.isfile(args.gpt_ckpt):
+        raise InputError(f"--gpt-ckpt not found: {args.gpt_ckpt}")
 
 
 def build_accelerator(cfg, exp_dir, compile_model: bool):
@@ -180,13 +227,12 @@ def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
 
 def main(args):
     cfg = resolve_config(args)
+    check_inputs(cfg, args)
     exp_name = experiment_name(args.exp_name, cfg.global_batch_size, cfg.optimizer.lr)
     exp_dir = os.path.join(cfg.results_dir, exp_name)
     ckpt_dir = os.path.join(exp_dir, "checkpoints")
     mirror_dir = os.path.join(args.disk_location, exp_name) if args.disk_location else None
     vis_every = cfg.get("visualize_every", 0) or 0
-    if vis_every and cfg.get("vq_ckpt") and not os.path.isfile(cfg.vq_ckpt):
-        raise FileNotFoundError(f"tokenizer checkpoint {cfg.vq_ckpt} not found (--vq-ckpt; or --visualize-every 0)")
     accelerator, log_with = build_accelerator(cfg, exp_dir, compile_model=not args.no_compile)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if accelerator.is_main_process:
@@ -317,7 +363,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--visualize-every", type=int, default=None, help="in optimizer steps; 0 turns it off")
     p.add_argument("--visualize-num", type=int, default=None, help="images per grid (at most the per-process batch)")
-    p.add_argument("--keep-last-k", type=int, default=None, help="checkpoints kept; <= 0 keeps all")
+    p.add_argument("--keep-last-k", type=int, default=None,
+                   help="full training states kept (the config's keep_last_k, default 1); <= 0 keeps all")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--global-seed", type=int, default=None)
     p.add_argument("--wandb-offline", action="store_true", help="log to local wandb files only (no network)")
@@ -329,4 +376,8 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except (ConfigError, InputError) as e:  # a user's mistake: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
