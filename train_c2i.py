@@ -95,8 +95,11 @@ def check_inputs(cfg, args):
         raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not a positive multiple of world size "
                           f"{world} x gradient_accumulation_steps {accum}")
     # the schedule's settings, on a throw-away optimizer (the same code builds the real one)
-    scheduler_from_config(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.lr_scheduler,
-                          cfg.max_iters)
+    try:
+        scheduler_from_config(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.lr_scheduler,
+                              cfg.max_iters)
+    except ValueError as e:
+        raise ConfigError(f"{args.config}: {e}") from e
     root = (cfg.dataset.get("params") or {}).get("root_dir")
     if root is not None or "root_dir" in (constructor_arguments(cfg.dataset.target) or ()):
         check_data_folder(root)
