@@ -92,8 +92,8 @@ def check_inputs(cfg, args):
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
     accum = cfg.accelerator.gradient_accumulation_steps
     if cfg.global_batch_size < 1 or cfg.global_batch_size % (world * accum):
-        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not a positive multiple of world size "
-                          f"{world} x gradient_accumulation_steps {accum}")
+        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by world size {world} x "
+                          f"gradient_accumulation_steps {accum} (or not positive)")
     # the schedule's settings, on a throw-away optimizer (the same code builds the real one)
     try:
         scheduler_from_config(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.lr_scheduler,
