@@ -38,7 +38,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         except Exception as e:  # a malformed override (omegaconf's errors)
             raise ConfigError(f"bad override {list(overrides)} for config {path}: {e}") from e
-        return check_config(cfg, f"{path} with overrides {' '.join(overrides)}")
+        return check_config(cfg, f"{path}: bad override ({' '.join(overrides)})")
     return check_config(cfg, path)
 
 
