@@ -103,7 +103,8 @@ class RandARConfig:
 
 
 def _tokenization_schema():
-    from RandAR.utils.tokenizer_training import VQTrainArgs  # imported late: that module imports this one's user
+    # imported here, not at the top: tokenizer_training imports RandAR.utils.config, which imports this module
+    from RandAR.utils.tokenizer_training import VQTrainArgs
 
     @dataclass
     class TokenizationConfig:
