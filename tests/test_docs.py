@@ -16,6 +16,7 @@ from unittest import mock
 import pytest
 
 from RandAR.utils.config import load_config
+from test_slurm import calls, cluster, run  # noqa: F401  (cluster: the stub-cluster fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md", "GETTING_STARTED.md"]
@@ -186,10 +187,9 @@ SLURM_SCRIPTS = ["train_randar_l_llamagen.sh", "train_randar_l_maskgit.sh", "tra
 
 
 @pytest.mark.parametrize("script", SLURM_SCRIPTS)
-def test_slurm_script_commands_parse(script, tmp_path):
+def test_slurm_script_commands_parse(script, cluster):
     """The launcher command each SLURM script runs (recorded under test_slurm's stub cluster) parses."""
-    from test_slurm import calls, cluster, run
-    _, env = cluster.__wrapped__(tmp_path)
+    tmp_path, env = cluster
     env.update(SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="node-[a-b]", SLURM_NODEID="0")
     r = run(script, env)
     assert r.returncode == 0, r.stderr
