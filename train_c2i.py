@@ -202,11 +202,11 @@ def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, l
     path = save_checkpoint(accelerator, ckpt_dir, state.step, exports)
     if accelerator.is_main_process:
         logger.info(f"saved checkpoint {path}")
-        milestones = export_steps(cfg)
-        prune_checkpoints(ckpt_dir, cfg.keep_last_k, milestones)
+        keep_exports = export_steps(cfg)
+        prune_checkpoints(ckpt_dir, cfg.keep_last_k, keep_exports)
         if mirror_dir:
             try:
-                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.keep_last_k, milestones)
+                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.keep_last_k, keep_exports)
                 logger.info(f"mirrored checkpoint to {copy}")
             except Exception as e:  # a full or flaky slow disk must not stop training
                 logger.error(f"could not mirror checkpoint {state.step} to {mirror_dir}: {type(e).__name__}: {e}")
