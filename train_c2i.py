@@ -17,6 +17,7 @@ import inspect
 import json
 import math
 import os
+import sys
 
 import torch
 from accelerate import Accelerator
@@ -31,6 +32,7 @@ from RandAR.utils.checkpoint import strip_wrapper_prefixes
 from RandAR.utils.checkpoint_rotation import (clear_temporaries, experiment_name, latest_checkpoint,
                                               mirror_checkpoint, prune_checkpoints, save_checkpoint)
 from RandAR.utils.config import get_obj_from_str, load_config, to_plain
+from RandAR.utils.config_schema import ConfigError, constructor_arguments
 from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb
 from RandAR.utils.lr_scheduler import scheduler_from_config
 from RandAR.utils.train_state import (EMA, SeededItems, StepBatchSampler, StopRequest, TrainState, sample_seed,
@@ -49,16 +51,64 @@ FLAG_KEYS = {"data_path": "dataset.params.root_dir", "vq_ckpt": "vq_ckpt", "resu
 VIS_CFG_SCALES = (4.0, 4.0)  # guidance of the free samples in the visualisations (the original's)
 
 
+class InputError(ValueError):
+    """A missing or unusable input, found before anything is built or written."""
+
+
 def resolve_config(args):
+    """The config with overrides and flags applied, checked (config_schema) and with every required key set."""
     cfg = load_config(args.config, args.overrides)
     for flag, key in FLAG_KEYS.items():
         if getattr(args, flag) is not None:
             OmegaConf.update(cfg, key, getattr(args, flag), merge=False)
     if args.wandb_offline:
         cfg.wandb_offline = True
-    mp = str(cfg.get("accelerator", {}).get("mixed_precision", "no"))
+    mp = str(cfg.accelerator.mixed_precision)
     OmegaConf.update(cfg, "accelerator.mixed_precision", "no" if mp.lower() in ("none", "no", "fp32") else mp)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{args.config}: training needs {', '.join(missing)} (set in the YAML or as key=value)")
+    for section in ("ar_model", "dataset"):
+        if section not in cfg:
+            raise ConfigError(f"{args.config}: training needs an `{section}:` section with `target` and `params`")
     return cfg
+
+
+def check_data_folder(root):
+    """The latent-code folder exists and holds at least one `<label>/<index>.npy` (cheap: stops at the first)."""
+    if not root or not os.path.isdir(root):
+        raise InputError(f"data folder not found: {root} (--data-path: the codes of tools/extract_latent_codes.py)")
+    for entry in os.scandir(root):
+        if entry.is_dir() and entry.name.isdigit():
+            if any(f.name.endswith(".npy") for f in os.scandir(entry.path)):
+                return
+    raise InputError(f"data folder {root} holds no code files <label>/<index>.npy (--data-path: the codes of "
+                     f"tools/extract_latent_codes.py)")
+
+
+def check_inputs(cfg, args):
+    """Everything that can be checked cheaply, before the accelerator, the experiment folder or the model."""
+    if cfg.accelerator.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"accelerator.mixed_precision={cfg.accelerator.mixed_precision!r}: use no, fp16 or bf16")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    accum = cfg.accelerator.gradient_accumulation_steps
+    if cfg.global_batch_size < 1 or cfg.global_batch_size % (world * accum):
+        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by world size {world} x "
+                          f"gradient_accumulation_steps {accum} (or not positive)")
+    # the schedule's settings, on a throw-away optimizer (the same code builds the real one)
+    try:
+        scheduler_from_config(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.lr_scheduler,
+                              cfg.max_iters)
+    except ValueError as e:
+        raise ConfigError(f"{args.config}: {e}") from e
+    root = (cfg.dataset.get("params") or {}).get("root_dir")
+    if root is not None or "root_dir" in (constructor_arguments(cfg.dataset.target) or ()):
+        check_data_folder(root)
+    if cfg.visualize_every and cfg.vq_ckpt and not os.path.isfile(cfg.vq_ckpt):
+        raise InputError(f"tokenizer checkpoint not found: {cfg.vq_ckpt} (the visualisations decode with it: "
+                         f"pass --vq-ckpt, or --visualize-every 0)")
+    if args.gpt_ckpt and not os.path.isfile(args.gpt_ckpt):
+        raise InputError(f"--gpt-ckpt not found: {args.gpt_ckpt}")
 
 
 def build_accelerator(cfg, exp_dir, compile_model: bool):
@@ -140,6 +190,11 @@ def export_metadata(cfg, step, weights):
             "ar_model": json.dumps(to_plain(cfg.ar_model))}
 
 
+def export_steps(cfg):
+    """Steps whose model-only exports outlive their full training state: the milestones and the last step."""
+    return set(cfg.export_milestones) | {cfg.max_iters}
+
+
 def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger):
     exports = {".safetensors": (strip_wrapper_prefixes(accelerator.get_state_dict(model)),
                                 export_metadata(cfg, state.step, "model"))}
@@ -148,10 +203,11 @@ def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, l
     path = save_checkpoint(accelerator, ckpt_dir, state.step, exports)
     if accelerator.is_main_process:
         logger.info(f"saved checkpoint {path}")
-        prune_checkpoints(ckpt_dir, cfg.get("keep_last_k", -1))
+        keep_exports = export_steps(cfg)
+        prune_checkpoints(ckpt_dir, cfg.keep_last_k, keep_exports)
         if mirror_dir:
             try:
-                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.get("keep_last_k", -1))
+                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.keep_last_k, keep_exports)
                 logger.info(f"mirrored checkpoint to {copy}")
             except Exception as e:  # a full or flaky slow disk must not stop training
                 logger.error(f"could not mirror checkpoint {state.step} to {mirror_dir}: {type(e).__name__}: {e}")
@@ -175,14 +231,16 @@ def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
 
 def main(args):
     cfg = resolve_config(args)
-    check_codes_for_config(cfg)  # codes of another tokenizer, vocabulary or split: stop before any folder is made
+    check_inputs(cfg, args)
+    try:  # codes of another tokenizer, vocabulary or split: stop before any folder is made
+        check_codes_for_config(cfg)
+    except ValueError as e:
+        raise InputError(str(e)) from e
     exp_name = experiment_name(args.exp_name, cfg.global_batch_size, cfg.optimizer.lr)
     exp_dir = os.path.join(cfg.results_dir, exp_name)
     ckpt_dir = os.path.join(exp_dir, "checkpoints")
     mirror_dir = os.path.join(args.disk_location, exp_name) if args.disk_location else None
     vis_every = cfg.get("visualize_every", 0) or 0
-    if vis_every and cfg.get("vq_ckpt") and not os.path.isfile(cfg.vq_ckpt):
-        raise FileNotFoundError(f"tokenizer checkpoint {cfg.vq_ckpt} not found (--vq-ckpt; or --visualize-every 0)")
     accelerator, log_with = build_accelerator(cfg, exp_dir, compile_model=not args.no_compile)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if accelerator.is_main_process:
@@ -286,7 +344,7 @@ def main(args):
             meter.reset()
         if want_vis:
             visualize(accelerator, model, tokenizer, vis, cfg, state.step, exp_dir, logger)
-        if (ckpt_every and state.step % ckpt_every == 0) or state.step == cfg.max_iters or stop:
+        if (ckpt_every and state.step % ckpt_every == 0) or state.step in export_steps(cfg) or stop:
             save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger)
         if stop:
             logger.info(f"stop requested (SIGUSR1): checkpointed at step {state.step}, exiting")
@@ -313,7 +371,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--visualize-every", type=int, default=None, help="in optimizer steps; 0 turns it off")
     p.add_argument("--visualize-num", type=int, default=None, help="images per grid (at most the per-process batch)")
-    p.add_argument("--keep-last-k", type=int, default=None, help="checkpoints kept; <= 0 keeps all")
+    p.add_argument("--keep-last-k", type=int, default=None,
+                   help="full training states kept (the config's keep_last_k, default 1); <= 0 keeps all")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--global-seed", type=int, default=None)
     p.add_argument("--wandb-offline", action="store_true", help="log to local wandb files only (no network)")
@@ -325,4 +384,8 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except (ConfigError, InputError) as e:  # a user's mistake: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -232,8 +232,8 @@ def test_eval_size_and_name(weights, tmp_path):
 
 
 def test_clear_errors(weights, tmp_path):
-    with pytest.raises(SystemExit, match="randar_xl_0.7b_llamagen.yaml"):  # the documentation's config name
-        sample_c2i.main(flags(weights, tmp_path)[:2] + ["--config", "configs/randar/randar_xl_0.7b.yaml"]
+    with pytest.raises(SystemExit, match="randar_xl_0.7b_llamagen.yaml"):  # a misspelt config name
+        sample_c2i.main(flags(weights, tmp_path)[:2] + ["--config", "configs/randar/randar_xl_0.7b_llamgen.yaml"]
                         + flags(weights, tmp_path)[4:])
     with pytest.raises(SystemExit, match="decodes 4x4 tokens into 8px"):
         sample_c2i.main(flags(weights, tmp_path, "--image-size", "256"))

@@ -25,6 +25,7 @@ from RandAR.dataset.builder import build_dataset  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.utils import tokenizer_training as tt  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
+from RandAR.utils.config_schema import ConfigError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -129,4 +130,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:  # a misspelt key or a wrong value: one line, no traceback
+        sys.exit(f"error: {e}")

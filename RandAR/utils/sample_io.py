@@ -308,8 +308,7 @@ def parse_pair(text: str, flag: str) -> Tuple[float, float]:
 
 
 def resolve_config_path(path: str) -> str:
-    """`path` if it exists; else an error naming the closest shipped configs (the documentation's commands use
-    e.g. randar_xl_0.7b.yaml for what is shipped as randar_xl_0.7b_llamagen.yaml)."""
+    """`path` if it exists; else an error naming the closest shipped configs."""
     if os.path.isfile(path):
         return path
     folder = os.path.dirname(path) or "."
