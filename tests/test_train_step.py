@@ -124,3 +124,9 @@ def test_fsdp2_floor_applies_under_an_fsdp2_launch(monkeypatch):
         versions.require_versions()
     monkeypatch.setenv("FSDP_VERSION", "1")
     versions.require_versions()  # FSDP1 is refused later, by train_c2i, with its own message
+
+
+def test_requirements_state_the_checked_floors():
+    lines = open(os.path.join(ROOT, "requirements.txt")).read().splitlines()
+    assert f"torch>={versions.TORCH_MIN}" in lines
+    assert f"accelerate>={versions.ACCELERATE_MIN}" in lines
