@@ -25,7 +25,7 @@ from RandAR.dataset.builder import build_dataset  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.utils import tokenizer_training as tt  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
-from RandAR.utils.versions import require_versions
+from RandAR.utils.versions import require_versions  # noqa: E402
 
 
 def parse_args(argv=None):
