@@ -72,6 +72,7 @@ def test_fsdp_training_checkpoints_are_sharded_and_export_is_full(fsdp_reference
     assert "2 process(es), DistributedType.FSDP" in out
     losses = logged_losses(out)
     assert len(losses) == ITERS and losses[-1] < losses[0] - 0.3, losses
+    assert f"done: step {ITERS} of {ITERS}, 0 skipped updates" in out
     step, path = latest_checkpoint([str(exp / "checkpoints")])
     assert step == ITERS
     files = set(os.listdir(path))
@@ -140,8 +141,8 @@ def test_fsdp_loss_matches_ddp(fsdp_reference, data, tmp_path):
     """The same config under 2-process DDP: the same losses for the first steps, to float tolerance (only the
     order of the gradient reductions differs)."""
     launcher = [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port(4))]
-    out = run_ok(train_cmd(str(data / "codes"), str(tmp_path), "max_iters=6", "ckpt_every=0", "log_every=1", FSDP_ARGS[-1],
-                           launcher=launcher))
+    out = run_ok(train_cmd(str(data / "codes"), str(tmp_path), "max_iters=6", "ckpt_every=0", "log_every=1",
+                           FSDP_ARGS[-1], launcher=launcher))
     assert "2 process(es), DistributedType.MULTI_CPU" in out
     ddp, fsdp = logged_losses(out), logged_losses(fsdp_reference[1])[:6]
     assert len(ddp) == 6

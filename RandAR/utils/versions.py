@@ -36,7 +36,8 @@ def version_problem(fsdp2: bool = False, accelerate: bool = True) -> Optional[st
     for package, floor, why in need:
         have = installed(package)
         if Version(have) < Version(floor):
-            return f"{package} {have} is too old: this code needs {package}>={floor}{why}; pip install -U '{package}>={floor}'"
+            return (f"{package} {have} is too old: this code needs {package}>={floor}{why}; "
+                    f"pip install -U '{package}>={floor}'")
     return None
 
 
