@@ -192,6 +192,15 @@ def forward_backward(accelerator, model, codes, labels, keep_for_vis: int):
     return loss.detach(), vis
 
 
+def check_checkpoint_kind(path, fsdp: bool):
+    """A sharded FSDP state resumes only under FSDP, and a DDP/single-process state only outside it."""
+    sharded = os.path.isdir(os.path.join(path, "pytorch_model_fsdp_0"))
+    if sharded != fsdp:
+        saved, now = ("FSDP", "without FSDP") if sharded else ("without FSDP", "under FSDP")
+        raise SystemExit(f"error: {path} was saved {saved} and this run is {now}: relaunch it as it was saved, "
+                         f"or start a new --exp-name from its export with --gpt-ckpt {path}.safetensors")
+
+
 def export_metadata(cfg, step, weights):
     return {"format": "randar", "weights": weights, "step": str(step), "config": json.dumps(to_plain(cfg)),
             "ar_model": json.dumps(to_plain(cfg.ar_model))}
@@ -285,6 +294,7 @@ def main(args):
     # ---- resume -------------------------------------------------------------------------------------
     found = broadcast_object_list([latest_checkpoint([ckpt_dir, mirror_dir])])[0]  # rank 0's view decides
     if found:
+        check_checkpoint_kind(found[1], accelerator.distributed_type == DistributedType.FSDP)
         accelerator.load_state(found[1])
         assert state.step == found[0], f"{found[1]} holds step {state.step}"
         logger.info(f"resumed from {found[1]} at step {state.step} ({state.skipped} skipped so far)")

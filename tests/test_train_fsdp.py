@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train import (CONFIG, FOLDER, ROOT, TORCHRUN, _descendants, assert_same_tensors, data,  # noqa: F401
+from test_train import (CONFIG, FOLDER, PY, ROOT, TORCHRUN, _descendants, assert_same_tensors, data,  # noqa: F401
                         env, logged_losses, run_ok, train_cmd, wait_for)
 from RandAR.utils.checkpoint_rotation import checkpoint_name, latest_checkpoint
 from RandAR.utils.versions import FSDP2_ACCELERATE_MIN, installed
@@ -135,6 +135,21 @@ def test_fsdp_resume_on_another_number_of_processes(fsdp_reference, data, tmp_pa
     assert off < 0.5 * moved, (off, moved)  # 0.24 when written; a restart from scratch is far off
     # the first loss after resuming is computed with the resharded weights (only dropout masks differ)
     assert logged_losses(out)[0] == pytest.approx(logged_losses(fsdp_reference[1])[15], abs=5e-3)
+
+
+def test_fsdp_checkpoint_under_ddp_stops_with_one_line(fsdp_reference, data, tmp_path):
+    import shutil
+    ckpts = tmp_path / FOLDER / "checkpoints"
+    shutil.copytree(fsdp_reference[0] / "checkpoints" / checkpoint_name(15), ckpts / checkpoint_name(15))
+    r = subprocess.run([PY, "train_c2i.py", "--config", CONFIG, "--exp-name", "tiny", "--data-path",
+                        str(data / "codes"), "--results-dir", str(tmp_path), "optimizer.lr=0.003",
+                        "accelerator.log_with=none"], cwd=ROOT, env=env(), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: {ckpts / checkpoint_name(15)} was saved FSDP and this run is without FSDP: relaunch it as it "
+        f"was saved, or start a new --exp-name from its export with --gpt-ckpt "
+        f"{ckpts / checkpoint_name(15)}.safetensors")
 
 
 def test_fsdp_loss_matches_ddp(fsdp_reference, data, tmp_path):
