@@ -26,9 +26,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch < 2.5
+    from torch.distributed.tensor import DTensor, Partial
+except ImportError:  # torch < 2.5 (no FSDP2 there: gradients are never DTensors)
     from torch.distributed._tensor import DTensor
+    Partial = None
 
 from RandAR.model.builder import build_randar
 from RandAR.utils.checkpoint import strip_wrapper_prefixes
@@ -144,8 +145,7 @@ def sum_of_grad_norms(parameters) -> torch.Tensor:
         if isinstance(g, DTensor):
             by_layout.setdefault((g.device_mesh, tuple(g.placements)), []).append(g)
     for (mesh, placements), group in by_layout.items():
-        from torch.distributed.tensor import Partial
-        local = torch.stack([g.to_local().float().pow(2).sum() for g in group])
+        local = torch.stack(torch._foreach_norm([g.to_local() for g in group])).float().pow(2)
         # sharded dimensions of the mesh hold parts of the sum; replicated ones hold copies of it
         squares = DTensor.from_local(local, mesh, [Partial() if p.is_shard() else p for p in placements])
         part = squares.full_tensor().sqrt().sum()
