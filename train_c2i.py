@@ -26,6 +26,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+try:
+    from torch.distributed.tensor import DTensor, Partial
+except ImportError:  # torch < 2.5 (no FSDP2 there: gradients are never DTensors)
+    from torch.distributed._tensor import DTensor
+    Partial = None
+
 from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
 from RandAR.utils.checkpoint import strip_wrapper_prefixes
@@ -37,6 +43,7 @@ from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init
 from RandAR.utils.lr_scheduler import scheduler_from_config
 from RandAR.utils.train_state import (EMA, SeededItems, StepBatchSampler, StopRequest, TrainState, sample_seed,
                                       step_seed)
+from RandAR.utils.versions import require_versions
 from RandAR.utils.visualization import stack_panels, training_panels
 
 torch.backends.cuda.matmul.allow_tf32 = True
@@ -95,6 +102,10 @@ def check_inputs(cfg, args):
     if cfg.global_batch_size < 1 or cfg.global_batch_size % (world * accum):
         raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by world size {world} x "
                           f"gradient_accumulation_steps {accum} (or not positive)")
+    try:
+        skip_rule(cfg.optimizer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     # the schedule's settings, on a throw-away optimizer (the same code builds the real one)
     try:
         scheduler_from_config(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.lr_scheduler,
@@ -159,21 +170,72 @@ def build_optimizer(model, opt_cfg, fused: bool):
     return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=(opt_cfg.beta1, opt_cfg.beta2), fused=fused)
 
 
+SKIP_RULES = ("sum_clipped", "global_norm")
+
+
+def skip_rule(opt_cfg) -> str:
+    """optimizer.skip_grad_rule: "sum_clipped" (the original release's, the default) or "global_norm"."""
+    rule = str(opt_cfg.get("skip_grad_rule", "sum_clipped"))
+    if rule not in SKIP_RULES:
+        raise ValueError(f"optimizer.skip_grad_rule: {rule!r} is not one of {', '.join(SKIP_RULES)}")
+    return rule
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (what FSDP2 hands out) as the plain tensor it stands for; other tensors as they are."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def sum_of_grad_norms(parameters) -> torch.Tensor:
+    """Sum over parameters of the 2-norm of each gradient, on the device (the original's skip measure).
+
+    Under FSDP2 a gradient is a DTensor sharded over ranks: its squared norm is the sum of its shards' squared
+    norms, so the local sums of squares of all sharded tensors are reduced in one collective per device mesh.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    total = torch.stack(torch._foreach_norm(plain)).float().sum() if plain else None
+    by_layout = {}
+    for g in grads:
+        if isinstance(g, DTensor):
+            by_layout.setdefault((g.device_mesh, tuple(g.placements)), []).append(g)
+    for (mesh, placements), group in by_layout.items():
+        local = torch.stack(torch._foreach_norm([g.to_local() for g in group])).float().pow(2)
+        # sharded dimensions of the mesh hold parts of the sum; replicated ones hold copies of it
+        squares = DTensor.from_local(local, mesh, [Partial() if p.is_shard() else p for p in placements])
+        part = squares.full_tensor().sqrt().sum()
+        total = part if total is None else total + part.to(total.device)
+    return total if total is not None else torch.zeros(())
+
+
 def clip_and_check(accelerator, model, loss, opt_cfg, step, stop_requested):
     """Clip, then decide on the device whether to skip this update; one host sync for the whole decision.
 
-    Returns (global grad norm before clipping, skip, stop). Skip: a non-finite loss or gradient on any process,
-    or, after skip_grad_iter steps, a global norm above skip_grad_norm.
+    Returns (global grad norm before clipping, as a plain tensor, skip, stop). Skip: a non-finite loss or
+    gradient on any process, or, from step skip_grad_iter on, a gradient above skip_grad_norm measured by
+    optimizer.skip_grad_rule: "sum_clipped" (the original release's rule: the sum of the per-tensor gradient
+    norms after clipping is >= skip_grad_norm) or "global_norm" (the global norm before clipping is > it).
     """
+    rule = skip_rule(opt_cfg)
     max_norm = opt_cfg.get("max_grad_norm", 0.0) or math.inf  # 0 = no clipping, still measure the norm
-    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    norm = full_tensor(accelerator.clip_grad_norm_(model.parameters(), max_norm)).float()
     skip = ~torch.isfinite(norm) | ~torch.isfinite(loss)
     limit = opt_cfg.get("skip_grad_norm", None)
     if limit and step >= opt_cfg.get("skip_grad_iter", 0):
-        skip = skip | (norm > limit)
+        if rule == "sum_clipped":
+            skip = skip | (sum_of_grad_norms(model.parameters()).to(norm.device) >= limit)
+        else:
+            skip = skip | (norm > limit)
     flags = torch.stack([skip.float(), torch.tensor(float(stop_requested), device=norm.device)])
     skip, stop = (accelerator.reduce(flags, "max") > 0).tolist()
     return norm, skip, stop
+
+
+def unwrap(accelerator, model):
+    """The plain module under Accelerate's wrappers and torch.compile's, with any Accelerate version (the
+    keep_torch_compile argument appeared only in 1.3; before, unwrap_model keeps the compiled wrapper)."""
+    raw = accelerator.unwrap_model(model)
+    return getattr(raw, "_orig_mod", raw)
 
 
 def forward_backward(accelerator, model, codes, labels, keep_for_vis: int):
@@ -183,6 +245,15 @@ def forward_backward(accelerator, model, codes, labels, keep_for_vis: int):
         accelerator.backward(loss)
     vis = (logits[:keep_for_vis].detach(), order[:keep_for_vis], codes, labels) if keep_for_vis else None
     return loss.detach(), vis
+
+
+def check_checkpoint_kind(path, fsdp: bool):
+    """A sharded FSDP state resumes only under FSDP, and a DDP/single-process state only outside it."""
+    sharded = os.path.isdir(os.path.join(path, "pytorch_model_fsdp_0"))
+    if sharded != fsdp:
+        saved, now = ("FSDP", "without FSDP") if sharded else ("without FSDP", "under FSDP")
+        raise SystemExit(f"error: {path} was saved {saved} and this run is {now}: relaunch it as it was saved, "
+                         f"or start a new --exp-name from its export with --gpt-ckpt {path}.safetensors")
 
 
 def export_metadata(cfg, step, weights):
@@ -216,7 +287,7 @@ def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, l
 
 def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
     logits, order, codes, labels = vis
-    raw = accelerator.unwrap_model(model, keep_torch_compile=False)
+    raw = unwrap(accelerator, model)
     panels = training_panels(raw, tokenizer, logits, order, codes, labels, cfg.get("visualize_num", 32),
                              VIS_CFG_SCALES, raw.num_inference_steps, seed=sample_seed(cfg.global_seed, step),
                              free_samples=accelerator.distributed_type != DistributedType.FSDP)
@@ -243,6 +314,10 @@ def main(args):
     vis_every = cfg.get("visualize_every", 0) or 0
     accelerator, log_with = build_accelerator(cfg, exp_dir, compile_model=not args.no_compile)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if accelerator.distributed_type == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin,
+                                                                        "fsdp_version", 1) != 2:
+        raise SystemExit("error: FSDP training needs FSDP2 (fsdp_version: 2 in the accelerate config, "
+                         "accelerate>=1.6.0); see configs/accelerate/fsdp.yaml")
     if accelerator.is_main_process:
         os.makedirs(ckpt_dir, exist_ok=True)
         clear_temporaries(ckpt_dir)
@@ -276,13 +351,14 @@ def main(args):
     optimizer = build_optimizer(model, cfg.optimizer, fused=device.type == "cuda")
     scheduler = scheduler_from_config(optimizer, cfg.lr_scheduler, cfg.max_iters)
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    raw_model = unwrap(accelerator, model)
     state = TrainState()
     accelerator.register_for_checkpointing(state, scheduler, *([ema] if ema is not None else []))
 
     # ---- resume -------------------------------------------------------------------------------------
     found = broadcast_object_list([latest_checkpoint([ckpt_dir, mirror_dir])])[0]  # rank 0's view decides
     if found:
+        check_checkpoint_kind(found[1], accelerator.distributed_type == DistributedType.FSDP)
         accelerator.load_state(found[1])
         assert state.step == found[0], f"{found[1]} holds step {state.step}"
         logger.info(f"resumed from {found[1]} at step {state.step} ({state.skipped} skipped so far)")
@@ -384,6 +460,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
+    require_versions()
     try:
         main(parse_args())
     except (ConfigError, InputError) as e:  # a user's mistake: one line, no traceback

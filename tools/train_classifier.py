@@ -25,6 +25,7 @@ from RandAR.dataset.imagenet import decode_rgb  # noqa: E402
 from RandAR.dataset.toy import encode_jpeg, load_tar_arrays  # noqa: E402
 from RandAR.eval.toy_classifier import (ToyClassifier, ToyClassifierArgs, ToyExtractor,  # noqa: E402
                                         save_classifier)
+from RandAR.utils.versions import require_versions  # noqa: E402
 
 JPEG_QUALITY_RANGE = (10, 40)  # of the degraded training copies
 
@@ -146,4 +147,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    require_versions(accelerate=False)
     main()

@@ -26,6 +26,7 @@ from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.utils import tokenizer_training as tt  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
 from RandAR.utils.config_schema import ConfigError  # noqa: E402
+from RandAR.utils.versions import require_versions  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -130,6 +131,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    require_versions(accelerate=False)
     try:
         main()
     except ConfigError as e:  # a misspelt key or a wrong value: one line, no traceback

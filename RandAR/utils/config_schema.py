@@ -63,6 +63,7 @@ class OptimizerConfig:
     max_grad_norm: float = 0.0  # 0 = no clipping
     skip_grad_iter: int = 0  # the skip rule applies from this optimizer step on
     skip_grad_norm: Optional[float] = None  # None = never skip for a large norm
+    skip_grad_rule: str = "sum_clipped"  # or global_norm; checked by train_c2i.skip_rule
 
 
 @dataclass
