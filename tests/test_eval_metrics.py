@@ -107,17 +107,79 @@ def test_precision_recall_far_clusters():
 def test_precision_recall_batched_equals_brute_force():
     rng = np.random.default_rng(6)
     ref, sample = rng.normal(size=(90, 6)).astype(np.float32), (rng.normal(size=(70, 6)) + 0.5).astype(np.float32)
+    # float16 distances: radii within float16 rounding of the exact ones.
     np.testing.assert_allclose(metrics.manifold_radii(ref, row_batch=7, col_batch=11),
-                               np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, 3], rtol=1e-4)
-    assert metrics.precision_recall(ref, sample, batch=13) == metrics.precision_recall(ref, sample, batch=1000)
-    assert metrics.precision_recall(ref, sample) == _brute_force_pr(ref, sample)
+                               np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, 3], rtol=2e-3, atol=2e-3)
+    assert metrics.precision_recall(ref, sample, row_batch=13, col_batch=17) == metrics.precision_recall(ref, sample)
+    assert metrics.precision_recall(ref, sample) == _adm_precision_recall(ref, sample)
 
 
 def _brute_force_pr(ref, sample, k=3):
+    """Exact (float64) precision and recall."""
     r_ref = np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, k]
     r_sample = np.sort(cdist(sample, sample, "sqeuclidean"), axis=1)[:, k]
     d = cdist(ref, sample, "sqeuclidean")
     return float((d <= r_ref[:, None]).any(0).mean()), float((d <= r_sample[None]).any(1).mean())
+
+
+def _adm_block(u, v):
+    """ADM's DistanceBlock written out: |u|^2 - 2 u.v + |v|^2 with every tensor in float16 (squares, norms, the
+    product, each sum), accumulations in float32; the float32 formula when the float16 block is not finite."""
+    def formula(u, v, t):
+        u, v = u.astype(t), v.astype(t)
+        norm_u = (u * u).astype(np.float32).sum(1).astype(t)
+        norm_v = (v * v).astype(np.float32).sum(1).astype(t)
+        uv = np.einsum("id,jd->ij", u.astype(np.float32), v.astype(np.float32)).astype(t)
+        return np.maximum((norm_u[:, None] - uv * t(2)) + norm_v[None, :], t(0))
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = formula(u, v, np.float16)
+    return (d if np.isfinite(d).all() else formula(u, v, np.float32)).astype(np.float32)
+
+
+def _adm_precision_recall(ref, sample, k=3, block=10000):
+    """ADM's ManifoldEstimator: radii and ball tests from `block` x `block` distance blocks."""
+    def blocks(a, b):
+        return np.concatenate([np.concatenate([_adm_block(a[i:i + block], b[j:j + block])
+                                               for j in range(0, len(b), block)], 1)
+                               for i in range(0, len(a), block)], 0)
+
+    r_ref = np.sort(blocks(ref, ref), axis=1)[:, k]
+    r_sample = np.sort(blocks(sample, sample), axis=1)[:, k]
+    d = blocks(ref, sample)
+    return float((d <= r_ref[:, None]).any(0).mean()), float((d <= r_sample[None]).any(1).mean())
+
+
+@pytest.mark.parametrize("seed, differs", [(11, "recall"), (34, "precision")])
+def test_precision_recall_uses_adms_float16_distances(seed, differs):
+    # Inception-like non-negative features; for these seeds float16 rounding moves a point across a ball's edge.
+    rng = np.random.default_rng(seed)
+    ref = np.abs(rng.normal(size=(40, 16)) * 4).astype(np.float32)
+    sample = (np.abs(rng.normal(size=(30, 16)) * 4) + 0.5).astype(np.float32)
+    np.testing.assert_array_equal(metrics.pairwise_sq_distances(ref, sample), _adm_block(ref, sample))
+    adm, exact = _adm_precision_recall(ref, sample), _brute_force_pr(ref, sample)
+    i = ("precision", "recall").index(differs)
+    assert adm[i] != exact[i]  # the case separates the two arithmetics
+    assert metrics.precision_recall(ref, sample) == adm
+
+
+def test_distance_block_falls_back_to_float32_per_block():
+    rng = np.random.default_rng(12)
+    ref = np.abs(rng.normal(size=(30, 16)) * 4).astype(np.float32)
+    sample = (np.abs(rng.normal(size=(24, 16)) * 4) + 0.5).astype(np.float32)
+    ref[3] *= 40  # |x|^2 > 65504: float16 overflows in every block that holds this row
+    sample[20] *= 40
+    d = metrics.pairwise_sq_distances(ref, sample)
+    u, v = ref.astype(np.float64), sample.astype(np.float64)
+    np.testing.assert_allclose(d, cdist(u, v, "sqeuclidean"), rtol=1e-5)  # float32 block, finite
+    assert np.sum(ref[3].astype(np.float64) ** 2) > np.finfo(np.float16).max
+    # Blocks of 10: only those with row 3 or sample 20 use float32, the others stay float16 as in ADM.
+    assert metrics.precision_recall(ref, sample, row_batch=10, col_batch=10) == \
+        _adm_precision_recall(ref, sample, block=10)
+    # float32 blocks may differ in the last bit (another summation order); float16 ones would differ by ~1e-3.
+    blocks = [[_adm_block(sample[i:i + 10], sample[j:j + 10]) for j in (0, 10, 20)] for i in (0, 10, 20)]
+    np.testing.assert_allclose(metrics.manifold_radii(sample, row_batch=10, col_batch=10),
+                               np.sort(np.block(blocks), axis=1)[:, 3], rtol=1e-6)
 
 
 # ---------------------------------------------------------------- streaming .npz reader
@@ -224,7 +286,8 @@ def test_evaluate_end_to_end(graph, batches):
         "sfid": _closed_form_fid(*stats(spatial), *stats(ref_spatial)),
         "inception_score": np.exp(np.mean(np.sum(probs * np.log(probs / py), axis=1))),
     }
-    expected["precision"], expected["recall"] = _brute_force_pr(ref_pool, pool)
+    expected["precision"], expected["recall"] = _adm_precision_recall(ref_pool.astype(np.float32),
+                                                                      pool.astype(np.float32))
     assert set(result) == set(fid.METRIC_NAMES)
     for name in fid.METRIC_NAMES:
         assert result[name] == pytest.approx(expected[name], rel=1e-3, abs=1e-5), name
