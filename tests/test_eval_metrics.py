@@ -6,6 +6,7 @@ recomputed here in numpy and the metrics checked against an independent computat
 """
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -360,12 +361,80 @@ def test_missing_graph_error(tmp_path, monkeypatch):
     with pytest.raises(fid.InceptionGraphMissing, match="nowhere"):
         fid.resolve_inception_path()
     monkeypatch.delenv(fid.INCEPTION_ENV)
-    monkeypatch.setenv("HOME", str(tmp_path))  # then ~/.cache/randar/
+    monkeypatch.setenv("HOME", str(tmp_path))  # then ~/.cache/randar/, downloaded there: here from nowhere
+    monkeypatch.setattr(fid, "INCEPTION_URL", (tmp_path / "offline.pb").as_uri())
     with pytest.raises(fid.InceptionGraphMissing, match=".cache/randar/classify_image_graph_def.pb"):
         fid.resolve_inception_path()
 
     with pytest.raises(SystemExit, match=fid.INCEPTION_URL):  # the CLI: one message, no traceback
         fid.main(["ref.npz", "sample.npz", "--inception-path", missing])
+
+
+# ---------------------------------------------------------------- download on first use
+
+def _use_default_cache(tmp_path, monkeypatch, url):
+    """No flag, no $RANDAR_INCEPTION_PATH, HOME in tmp_path, the graph's URL replaced -> the cache path."""
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(fid, "INCEPTION_URL", url)
+    return tmp_path / ".cache" / "randar" / "classify_image_graph_def.pb"
+
+
+def test_graph_is_downloaded_on_first_use(graph, batches, tmp_path, monkeypatch):
+    path, w = graph
+    _, ref, _ = batches
+    cache = _use_default_cache(tmp_path, monkeypatch, pathlib.Path(path).as_uri())
+    with fid.InceptionV3TF() as extractor:
+        pool, _, _ = extractor.pool_features(ref[:3])
+    np.testing.assert_allclose(pool, _numpy_features(ref[:3], w)[0], rtol=1e-4, atol=1e-5)
+    assert cache.read_bytes() == pathlib.Path(path).read_bytes()
+    assert os.listdir(cache.parent) == [cache.name]  # no temporary file left behind
+    monkeypatch.setattr(fid, "INCEPTION_URL", (tmp_path / "gone.pb").as_uri())  # later runs never fetch
+    assert fid.resolve_inception_path() == str(cache)
+
+
+def _other_graph_bytes():
+    import tensorflow.compat.v1 as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        tf.add(tf.placeholder(tf.float32, [None, 3], name="ExpandDims"), 1.0, name="pool_4")
+    return g.as_graph_def().SerializeToString()
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("truncated", "past the end|malformed"),
+    ("html", "wire type"),
+    ("other graph", "no node pool_3, mixed_6/conv, softmax/logits/MatMul"),
+    ("offline", "No such file|not found|URLError|urlopen"),
+])
+def test_bad_download_is_refused_and_not_cached(graph, tmp_path, monkeypatch, kind, reason):
+    good = pathlib.Path(graph[0]).read_bytes()
+    served = tmp_path / "served.pb"
+    if kind == "truncated":
+        served.write_bytes(good[: len(good) // 2])
+    elif kind == "html":
+        served.write_bytes(b"<html><body><h1>503 Service Unavailable</h1></body></html>\n")
+    elif kind == "other graph":
+        served.write_bytes(_other_graph_bytes())
+    cache = _use_default_cache(tmp_path, monkeypatch, served.as_uri())
+    with pytest.raises(fid.InceptionGraphMissing, match=reason) as err:
+        fid.InceptionV3TF()
+    assert served.as_uri() in str(err.value) and "--inception-path" in str(err.value)
+    assert not cache.exists() and os.listdir(cache.parent) == []  # nothing cached, no partial file
+    with pytest.raises(SystemExit, match=served.as_uri()):  # the CLI: one message, no traceback
+        fid.main(["ref.npz", "sample.npz"])
+
+
+def test_given_graph_path_is_never_downloaded_over(tmp_path, monkeypatch, graph):
+    missing = tmp_path / "mine.pb"
+    monkeypatch.setattr(fid, "INCEPTION_URL", pathlib.Path(graph[0]).as_uri())
+    with pytest.raises(fid.InceptionGraphMissing, match="--inception-path"):
+        fid.resolve_inception_path(str(missing))
+    monkeypatch.setenv(fid.INCEPTION_ENV, str(missing))
+    with pytest.raises(fid.InceptionGraphMissing, match=fid.INCEPTION_ENV):
+        fid.resolve_inception_path()
+    assert not missing.exists()
 
 
 def test_cli_writes_json(graph, batches):
