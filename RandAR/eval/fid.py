@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Protocol, Tuple
 
 import numpy as np
+
 from RandAR.eval import metrics
 from RandAR.utils.progress import progress
 
@@ -130,20 +131,20 @@ def _protobuf_fields(data: bytes):
         number, wire = key >> 3, key & 7
         if number == 0:
             raise ValueError("field number 0")
+        value = None
         if wire == 0:
             varint()
-            yield number, wire, None
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
-            yield number, wire, None
         elif wire == 2:
             n = varint()
-            yield number, wire, data[pos:pos + n]
+            value = data[pos:pos + n]
             pos += n
         else:  # groups (3, 4) are not in GraphDef; 6 and 7 do not exist
             raise ValueError(f"wire type {wire}")
         if pos > end:
             raise ValueError("a field runs past the end of the data")
+        yield number, wire, value
 
 
 def check_inception_graph(data: bytes):
