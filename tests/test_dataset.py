@@ -72,7 +72,8 @@ def make_imagenet_tar(root, split="train", spec=SPEC, prefix=""):
     return members, bad
 
 
-def adm_crop(img, size):
+def adm_reference(img, size):
+    """The package's ADM centre crop as an array; the crop itself is checked against known pixels below."""
     return np.asarray(center_crop_arr(img, size))
 
 
@@ -84,15 +85,15 @@ def test_center_crop_box_halving_is_exact_on_block_images():
     small = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
     for factor in (4, 2):  # 128x160 halves twice; 64x80 (short side exactly 2 * 32) halves once
         image = np.kron(small, np.ones((factor, factor, 1), np.uint8))
-        np.testing.assert_array_equal(adm_crop(Image.fromarray(image), 32), small[:, 4:36])
+        np.testing.assert_array_equal(adm_reference(Image.fromarray(image), 32), small[:, 4:36])
 
 
 def test_center_crop_offsets_round_down():
     rng = np.random.default_rng(1)
     tall = rng.integers(0, 256, (43, 32, 3), dtype=np.uint8)  # margin 11: 5 above, 6 below (round() gives 6)
     wide = rng.integers(0, 256, (32, 43, 3), dtype=np.uint8)  # margin 11: 5 left, 6 right
-    np.testing.assert_array_equal(adm_crop(Image.fromarray(tall), 32), tall[5:37])
-    np.testing.assert_array_equal(adm_crop(Image.fromarray(wide), 32), wide[:, 5:37])
+    np.testing.assert_array_equal(adm_reference(Image.fromarray(tall), 32), tall[5:37])
+    np.testing.assert_array_equal(adm_reference(Image.fromarray(wide), 32), wide[:, 5:37])
 
 
 def test_center_crop_bicubic_upscale_of_a_parabola():
@@ -106,7 +107,7 @@ def test_center_crop_bicubic_upscale_of_a_parabola():
     image = np.broadcast_to(row, (16, 16, 3)).astype(np.uint8)
     i = np.arange(4, 28)
     expected = np.stack([(3 * (2 * i - 31) ** 2 + 4 + 8) // 16, np.full(24, 77), 202 - 4 * i], -1)  # (24, 3)
-    out = adm_crop(Image.fromarray(image), 32)
+    out = adm_reference(Image.fromarray(image), 32)
     assert out.shape == (32, 32, 3)
     np.testing.assert_array_equal(out[:, 4:28], np.broadcast_to(expected, (32, 24, 3)))
 
@@ -115,12 +116,12 @@ def test_views_per_mode():
     img = Image.fromarray(_pixels(70, 50, 1))
     adm = make_views(img, "adm", 32)
     assert adm.shape == (2, 32, 32, 3) and adm.dtype == np.uint8
-    np.testing.assert_array_equal(adm[0], adm_crop(img, 32))
+    np.testing.assert_array_equal(adm[0], adm_reference(img, 32))
     np.testing.assert_array_equal(adm[1], adm[0][:, ::-1])
     assert make_views(img, "none", 32).shape == (1, 32, 32, 3)
     tc = make_views(img, "ten-crop", 32, crop_range=1.1)
     assert tc.shape == (10, 32, 32, 3)
-    base = adm_crop(img, 35)
+    base = adm_reference(img, 35)
     np.testing.assert_array_equal(tc[0], base[:32, :32])
     np.testing.assert_array_equal(tc[4], base[2:34, 2:34])
     t = views_transform("adm", 32)(img)
@@ -165,7 +166,7 @@ def test_tar_dataset_workers_and_collate(tmp_path):
     names = sorted(members)
     for i in seen:
         img = Image.open(io.BytesIO(members[names[i]])).convert("RGB")
-        np.testing.assert_array_equal(ds[i][0][0].permute(1, 2, 0).numpy(), adm_crop(img, 32))
+        np.testing.assert_array_equal(ds[i][0][0].permute(1, 2, 0).numpy(), adm_reference(img, 32))
 
 
 def test_tar_index_reads_headers_only(tmp_path, monkeypatch):
