@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,6 +32,7 @@ from RandAR.utils.config import load_config  # noqa: E402
 from RandAR.utils.distributed import (all_reduce_sum, broadcast_object, cleanup, init_distributed,  # noqa: E402
                                       shard)
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
+from RandAR.utils.progress import progress  # noqa: E402
 
 CODE_DTYPE = np.int64  # what the original script (and so the released archives) stored
 
@@ -199,10 +199,10 @@ def main(argv=None):
               f"-> {out_dir}", flush=True)
 
     written, bad, start = 0, 0, time.time()
-    pbar = tqdm(total=len(todo), unit="img", disable=not dist.is_main, dynamic_ncols=True)
+    pbar = progress(total=len(todo), unit="img", disable=not dist.is_main, dynamic_ncols=True)
     for views, labels, indices, bad_items in loader:
         for item in bad_items:
-            tqdm.write(f"[rank {dist.rank}] skipped bad image {item.path}: {item.reason}")
+            pbar.write(f"[rank {dist.rank}] skipped bad image {item.path}: {item.reason}")
         bad += len(bad_items)
         if views is not None:
             codes = encode_views(tokenizer, views, dist.device)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+from RandAR.utils.progress import progress
 
 from RandAR.model.builder import build_randar
 from RandAR.model.sampling import splitmix64
@@ -208,7 +208,7 @@ def sample_to_folder(model, tokenizer, spec: SamplingSpec, folder: str, num: int
         print(f"{folder}: {num - len(missing)} of {num} images present, sampling {len(missing)} "
               f"on {dist.world_size} process(es)", flush=True)
     counts = _per_step_counts(len(missing), dist.world_size, batch_size)
-    pbar = tqdm(total=len(missing), unit="img", disable=not dist.is_main, dynamic_ncols=True,
+    pbar = progress(total=len(missing), unit="img", disable=not dist.is_main, dynamic_ncols=True,
                 desc=f"cfg {spec.cfg_scales[0]}-{spec.cfg_scales[1]}")
     for step, start in enumerate(range(0, len(mine), batch_size)):
         batch = mine[start:start + batch_size]
