@@ -112,3 +112,9 @@ def create_npz_from_sample_folder(sample_dir: str, num: int, npz_path: Optional[
         if os.path.exists(tmp):
             os.remove(tmp)
     return npz_path
+
+
+def allow_tf32():
+    """TF32 matmuls and convolutions on Ampere and newer GPUs (as the original); no effect on CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
