@@ -27,8 +27,9 @@ pytestmark = pytest.mark.skipif(
 
 FSDP_CONFIG = "configs/accelerate/fsdp.yaml"
 ITERS = 20
-# skip_grad_iter=0: the skip rule (sum of clipped per-tensor norms over the shards) is evaluated at every step
-FSDP_ARGS = [f"max_iters={ITERS}", "ckpt_every=5", "log_every=1", "optimizer.skip_grad_iter=0"]
+# skip_grad_iter=0: the skip rule (sum of clipped per-tensor norms over the shards) is evaluated at every step;
+# keep_last_k=-1: the resume tests start from the reference run's step-15 state
+FSDP_ARGS = [f"max_iters={ITERS}", "ckpt_every=5", "log_every=1", "optimizer.skip_grad_iter=0", "keep_last_k=-1"]
 
 
 def fsdp_launch_env(num_processes: int, port: int) -> dict:
