@@ -405,3 +405,42 @@ def test_rope_table_moves_with_the_model_and_stays_float32():
     model.to("meta")
     assert model.freqs_cis.device.type == "meta" and model.freqs_cis.dtype == torch.float32
     assert set(model.state_dict()) == keys
+
+
+def test_compile_flag_of_the_sampling_tools_reaches_generate(monkeypatch, tmp_path):
+    """--compile of sample_c2i.py (add_sampling_args: also the CFG search and resolution extrapolation) and of
+    inpaint/outpaint (add_editing_args) runs the compiled static decode step; the images stay the same."""
+    import glob
+
+    import numpy as np
+    from PIL import Image
+
+    from helpers import load_script
+    modes = []
+    _eager_compile(monkeypatch, modes)
+    weights = ["--config", os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml"),
+               "--gpt-ckpt", os.path.join(FIX, "randar_tiny.safetensors"),
+               "--vq-ckpt", os.path.join(FIX, "vq_tiny.safetensors"), "--cfg-scales", "1.0,3.0"]
+    sample_c2i = load_script("sample_c2i.py")
+    packs = []
+    for name, extra in [("eager", []), ("compiled", ["--compile"])]:
+        sample_c2i.main(weights + ["--exp-name", "t", "--num-fid-samples", "4", "--per-proc-batch-size", "2",
+                                   "--sample-dir", str(tmp_path / name), *extra])
+        assert modes == ([] if name == "eager" else ["default"])
+        (pack,) = glob.glob(str(tmp_path / name / "*.npz"))
+        packs.append(np.load(pack)["arr_0"])
+    assert np.array_equal(*packs)
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(np.repeat(np.array([0, 255], dtype=np.uint8), 4)[None].repeat(8, 0)).save(tmp_path / "mask.png")
+    inpaint = load_script("tools/inpaint.py")
+    images = []
+    for name, extra in [("eager", []), ("compiled", ["--compile"])]:
+        modes.clear()
+        inpaint.main(weights + ["--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                                "--class-id", "3", "--num-samples", "2", "--output-dir", str(tmp_path / f"in_{name}"),
+                                *extra])
+        assert modes == ([] if name == "eager" else ["default"])
+        images.append(np.asarray(Image.open(tmp_path / f"in_{name}" / "in_inpaint_001.png")))
+    assert np.array_equal(*images)

@@ -117,7 +117,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
              freqs_cis: Optional[torch.Tensor] = None, branch_classes: Optional[List[torch.Tensor]] = None,
              combine: Optional[Callable] = None, known_token_keep: Optional[List[Optional[torch.Tensor]]] = None,
              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-             static_shapes: bool = False, compile=False, chunk_size: int = STATIC_CHUNK,
+             static_shapes: bool = False, compile=None, chunk_size: int = STATIC_CHUNK,
              return_logits: bool = False):
     """Generate image tokens with a RandARTransformer.
 
@@ -138,7 +138,8 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
         RNG / generator.
     static_shapes: after the prefill, feed every step as pieces of chunk_size rows attending to the whole
         cache (same results): one shape per batch size, whatever the step count. compile: also run those
-        pieces through torch.compile (implies static_shapes): True, or a torch.compile mode (see compile_mode).
+        pieces through torch.compile (implies static_shapes): True, or a torch.compile mode (see compile_mode);
+        None: the model's `compile_decoding` (what the sampling tools' --compile sets).
         The KV cache is allocated once per (batch, length): eager calls free it at the end, compiled calls
         keep it for the next call (model.remove_caches() frees it).
     """
@@ -187,7 +188,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     result = torch.zeros(B, N, dtype=torch.long, device=device)                      # generation order
     step_logits = torch.zeros(B, N, model.vocab_size, device=device) if return_logits else None
     counts = parallel_decoding_schedule(N - K, num_inference_steps)
-    mode = compile_mode(compile, device)
+    mode = compile_mode(getattr(model, "compile_decoding", False) if compile is None else compile, device)
     static_shapes = static_shapes or mode is not None
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -195,7 +195,8 @@ class RandARTransformer(nn.Module):
     implemented), `max_batch_size` and `max_seq_len` (the KV cache is sized per generation call),
     `zero_class_qk` (the class token's query and key are always zero: its RoPE rows are zero, and the
     checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
-    the default step count of `generate`. `position_order` ("random" or "raster") picks the training order
+    the default step count of `generate`, and the attribute `compile_decoding` (False; the tools' `--compile`
+    sets it) the default of its `compile`. `position_order` ("random" or "raster") picks the training order
     when none is given.
     """
 
@@ -223,6 +224,7 @@ class RandARTransformer(nn.Module):
         self.cls_token_num = cls_token_num
         self.position_order = position_order
         self.num_inference_steps = num_inference_steps
+        self.compile_decoding = False
         self.grad_checkpointing = grad_checkpointing
         self.initializer_range = initializer_range
 
