@@ -334,9 +334,9 @@ def _eager_compile(monkeypatch, modes):
     guards and recompiles, which these tests are about, are the real ones. Records the modes asked for."""
     real_compile = torch.compile
 
-    def compile_eager(fn, dynamic=None, mode=None, **kw):
+    def compile_eager(fn, dynamic=None, mode=None, fullgraph=False):
         modes.append(mode)
-        return real_compile(fn, dynamic=dynamic, backend="eager")
+        return real_compile(fn, dynamic=dynamic, fullgraph=fullgraph, backend="eager")
     monkeypatch.setattr(torch, "compile", compile_eager)
     torch._dynamo.reset()
 
