@@ -201,7 +201,7 @@ def main():
                     print(f"{'':28s} bs {bs:2d} {impl:8s} ratio t({hi})/t({lo}) = {per_steps[hi] / per_steps[lo]:.2f} "
                           f"(per step {per_step * 1e3:.1f} ms, fixed {fixed:.2f} s; "
                           f"ideal {hi}/{lo} = {hi / lo:.2f})", flush=True)
-            for other in [i[0] for i in impls if i[0] != "ours"]:
+            for other in [i[0] for i in impls if i[0] != "ours" and not args.warmup_only]:
                 for steps in args.steps:
                     ref = [r for r in rows if r[:4] == (name, bs, "ours", steps)][-1]
                     new = [r for r in rows if r[:4] == (name, bs, other, steps)][-1]
