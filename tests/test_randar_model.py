@@ -405,6 +405,10 @@ def test_rope_table_moves_with_the_model_and_stays_float32():
     model.to("meta")
     assert model.freqs_cis.device.type == "meta" and model.freqs_cis.dtype == torch.float32
     assert set(model.state_dict()) == keys
+    with torch.device("meta"):  # built without memory, then materialised: the table is computed, not copied
+        model = RandARTransformer(**tiny_args())
+    model.to_empty(device="cpu")
+    torch.testing.assert_close(model.freqs_cis, random_model(15).freqs_cis, atol=0, rtol=0)
 
 
 def test_compile_flag_of_the_sampling_tools_reaches_generate(monkeypatch, tmp_path):

@@ -256,7 +256,10 @@ class RandARTransformer(nn.Module):
         """Every .to()/.cuda()/.to_empty() passes here: move the RoPE table to the parameters' device, once,
         keeping it float32 (a bf16 cast of the model does not round it)."""
         super()._apply(fn, *args, **kwargs)
-        self.freqs_cis = self.freqs_cis.to(self.pos_instruct_embeddings.device)
+        device = self.pos_instruct_embeddings.device
+        if self.freqs_cis.is_meta and device.type != "meta":  # built on the meta device: no values to move
+            self.freqs_cis = precompute_freqs_cis_2d(self.grid_size, self.head_dim, self.rope_base, self.cls_token_num)
+        self.freqs_cis = self.freqs_cis.to(device)
         return self
 
     def random_token_order(self, batch: int, device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
