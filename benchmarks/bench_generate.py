@@ -85,6 +85,10 @@ def compiled_graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
+def cudagraph_skips() -> int:
+    return torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+
+
 def load_original_class(repo):
     """Import the original release's RandARTransformer from a user's clone, under another package name."""
     pkg_dir = os.path.join(repo, "RandAR")
@@ -158,7 +162,7 @@ def main():
             cond = torch.randint(0, model.num_classes, (bs,), device=device)
             for impl, m, methods, extra in impls:
                 # Warm-up (and compilation) at the measured shapes, outside the timer.
-                before = compiled_graphs()
+                before, skips = compiled_graphs(), cudagraph_skips()
                 for steps in args.steps:
                     warm_order = torch.rand(bs, m.block_size, device=device).argsort(1)
                     m.generate(cond, token_order=warm_order, cfg_scales=(args.cfg, args.cfg),
@@ -170,6 +174,9 @@ def main():
                         sys.exit(f"error: {name} batch {bs}: the compiled decode step built {built} graphs at "
                                  f"warm-up, expected exactly 1 per batch size (0: nothing compiled, it ran eager; "
                                  f"more: it recompiles per step count)")
+                    if device.type == "cuda" and cudagraph_skips() != skips:
+                        sys.exit(f"error: {name} batch {bs}: inductor ran the compiled decode step without CUDA "
+                                 f"graphs ({cudagraph_skips() - skips} skip(s); its log says why)")
                 if args.warmup_only:
                     continue
                 if device.type == "cuda":

@@ -3,10 +3,13 @@ that this Python lacks (or has in a version outside the requirement).
 
 torch is never installed or changed (a CUDA machine brings its own build), nor the TensorFlow evaluator (FID
 only, and far more than the check's minute). RANDAR_WHEELS=DIR installs from a folder of wheels instead of the
-package index (a machine without network). --dry-run lists what it would install and installs nothing.
+package index, for a machine without network: fill it elsewhere with `pip download -d DIR omegaconf` (the
+check's scripts need omegaconf, numpy, safetensors and pillow; the other requirements only warn when missing).
+--dry-run lists what it would install and installs nothing.
 """
 import argparse
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEVER_INSTALL = {"torch", "tensorflow", "tensorflow-cpu"}
+CHECK_IMPORTS = ["numpy", "safetensors", "omegaconf", "PIL"]  # what the check's own scripts import
 
 
 def missing_requirements(path):
@@ -51,12 +55,17 @@ def main():
         return
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--timeout", "15", "--retries", "1"]
     if os.environ.get("RANDAR_WHEELS"):
-        cmd += ["--no-index", "--find-links", os.environ["RANDAR_WHEELS"]]
+        # Offline: a source distribution there (antlr4-python3-runtime has no wheel) builds with local setuptools.
+        cmd += ["--no-index", "--find-links", os.environ["RANDAR_WHEELS"], "--no-build-isolation"]
     print(" ".join(cmd + missing), flush=True)
-    subprocess.run(cmd + missing, check=True)
+    installed = subprocess.run(cmd + missing).returncode == 0
     still = missing_requirements(os.path.join(ROOT, "requirements.txt"))
     if still:
-        sys.exit(f"error: still missing after pip install: {' '.join(still)}")
+        print(f"still missing after pip install: {' '.join(still)}")
+    lacking = [m for m in CHECK_IMPORTS if importlib.util.find_spec(m) is None]
+    if lacking:
+        sys.exit(f"error: the check needs {' '.join(lacking)}; pip {'failed' if not installed else 'did not help'}. "
+                 f"Without network, carry wheels (pip download -d DIR ...) and set RANDAR_WHEELS=DIR")
 
 
 if __name__ == "__main__":

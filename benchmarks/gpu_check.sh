@@ -48,12 +48,14 @@ original=()
 names=(env fixtures_generate fixtures_forward fixtures_train precompile speed_l speed_xl train_speed fid_backends)
 declare -A what status secs
 what[env]="machine, versions; pip-installs missing requirements (not torch)"
-what[fixtures_generate]="10 greedy fixture generations, fp32 eager and compiled (CUDA graphs); bf16 autocast static/compiled vs eager"
+what[fixtures_generate]="10 greedy fixture generations, fp32 eager and compiled (CUDA graphs); bf16 autocast"
+what[fixtures_generate]+=" static and compiled vs eager"
 what[fixtures_forward]="forward logits fp32 eager and compiled vs fixture; bf16 compiled vs eager"
 what[fixtures_train]="one training step: loss and gradients vs CPU, eager and compiled; fused AdamW"
 what[precompile]="background: compiles the speed steps' graphs into the inductor cache while correctness runs"
-what[speed_l]="RandAR-L generation, batch ${batches// /,}, ${steps// /,} steps: eager vs compiled${original:+ vs original}"
-what[speed_xl]="RandAR-XL generation, batch ${batches// /,}, ${steps// /,} steps: eager vs compiled${original:+ vs original}"
+shapes="batch ${batches// /,}, ${steps// /,} steps: eager vs compiled${original:+ vs original}"
+what[speed_l]="RandAR-L generation, $shapes"
+what[speed_xl]="RandAR-XL generation, $shapes"
 what[train_speed]="training tokens/s of ${train_cfg}: bf16 autocast, fused AdamW, eager vs compiled"
 what[fid_backends]="bench_fid_backends.py (when RANDAR_INCEPTION_PATH is set)"
 for n in "${names[@]}"; do status[$n]="not run"; secs[$n]="-"; done
@@ -117,8 +119,9 @@ pre_limit=$(( budget - (SECONDS - t0) ))
 (( pre_limit > 300 * slow )) && pre_limit=$(( 300 * slow ))
 (( pre_limit < 1 )) && pre_limit=1
 (
-  timeout -k 10 "$pre_limit" "$PY" benchmarks/bench_generate.py --configs $(printf '%s\n' "$gen_l" "$gen_xl" | sort -u) --device "$device" \
-    --batch-sizes $batches --steps $warm_steps --compile --compile-backend "$backend" --warmup-only &&
+  timeout -k 10 "$pre_limit" "$PY" benchmarks/bench_generate.py --device "$device" \
+    --configs $(printf '%s\n' "$gen_l" "$gen_xl" | sort -u) --batch-sizes $batches --steps $warm_steps \
+    --compile --compile-backend "$backend" --warmup-only &&
   timeout -k 10 $(( pre_limit - (SECONDS - pre_start) > 1 ? pre_limit - (SECONDS - pre_start) : 1 )) \
     "$PY" benchmarks/bench_train.py --device "$device" --configs "$train_cfg" \
     --precisions bf16 --grad-ckpt off --batch "$train_batch" --steps 1 --warmup 1 --compile \
