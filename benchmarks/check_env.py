@@ -3,8 +3,9 @@ that this Python lacks (or has in a version outside the requirement).
 
 torch is never installed or changed (a CUDA machine brings its own build), nor the TensorFlow evaluator (FID
 only, and far more than the check's minute). RANDAR_WHEELS=DIR installs from a folder of wheels instead of the
-package index, for a machine without network: fill it elsewhere with `pip download -d DIR omegaconf` (the
-check's scripts need omegaconf, numpy, safetensors and pillow; the other requirements only warn when missing).
+package index, for a machine without network: fill it elsewhere with
+`pip download -d DIR --python-version 3.12 --only-binary=:all: omegaconf` (the check's scripts need omegaconf,
+numpy, safetensors and pillow; the other requirements only warn when missing).
 --dry-run lists what it would install and installs nothing.
 """
 import argparse
@@ -57,8 +58,10 @@ def main():
     if os.environ.get("RANDAR_WHEELS"):
         # Offline: a source distribution there (antlr4-python3-runtime has no wheel) builds with local setuptools.
         cmd += ["--no-index", "--find-links", os.environ["RANDAR_WHEELS"], "--no-build-isolation"]
-    print(" ".join(cmd + missing), flush=True)
-    installed = subprocess.run(cmd + missing).returncode == 0
+    installed = True
+    for req in missing:  # one at a time: a package that cannot be had must not block the others
+        print(" ".join(cmd + [req]), flush=True)
+        installed &= subprocess.run(cmd + [req]).returncode == 0
     still = missing_requirements(os.path.join(ROOT, "requirements.txt"))
     if still:
         print(f"still missing after pip install: {' '.join(still)}")
