@@ -376,23 +376,41 @@ def test_static_decoding_has_one_shape_per_batch_whatever_the_step_count(monkeyp
 
 
 def test_compiled_calls_reuse_one_kv_cache_per_batch_and_length(monkeypatch):
-    """CUDA graphs replay on fixed addresses: compiled calls of one (batch, length) keep and reuse the cache
-    (eager calls free it); "reduce-overhead" (CUDA graphs, skipped on CPU) gives the eager path's tokens."""
+    """CUDA graphs replay on fixed addresses: compiled calls keep one cache per (batch, length) and reuse it,
+    also when calls alternate between two grids (resolution extrapolation), without recompiling; eager calls
+    keep nothing. Kept caches are no buffers of the model (checkpoints, EMA and DDP never see them), and
+    "reduce-overhead" (CUDA graphs, skipped on CPU) gives the eager path's tokens."""
+    import torch._dynamo
+    from RandAR.model.rope import precompute_freqs_cis_2d
     _eager_compile(monkeypatch, [])
     model = random_model(14)
-    cond = torch.tensor([1, 2])
-    ref = model.generate(cond, num_inference_steps=6, seeds=torch.tensor([1, 2]), token_order=None,
-                         generator=torch.Generator().manual_seed(0))
-    assert model.layers[0].attention.kv_cache is None
-    ids = model.generate(cond, num_inference_steps=6, seeds=torch.tensor([1, 2]), compile="reduce-overhead",
-                         generator=torch.Generator().manual_seed(0))
-    assert torch.equal(ids, ref)
-    caches = [(layer.attention.kv_cache.k.data_ptr(), layer.attention.kv_cache.v.data_ptr()) for layer in model.layers]
-    model.generate(cond, num_inference_steps=3, compile="reduce-overhead")
-    assert caches == [(layer.attention.kv_cache.k.data_ptr(), layer.attention.kv_cache.v.data_ptr())
-                      for layer in model.layers]
-    assert set(model.state_dict()) == set(random_model(14).state_dict())  # the cache is never checkpointed
+    keys, n_buffers = set(model.state_dict()), len(list(model.buffers()))
+    seen = []
+    real_setup = model.setup_caches
+
+    def recording_setup(*args, **kw):
+        real_setup(*args, **kw)
+        seen.append(model.layers[0].attention.kv_cache.k.data_ptr())
+    monkeypatch.setattr(model, "setup_caches", recording_setup)
+    cond, seeds = torch.tensor([1, 2]), torch.tensor([1, 2])
+    big = precompute_freqs_cis_2d(5, model.head_dim, model.rope_base, model.cls_token_num)
+    big_order = torch.stack([torch.randperm(25, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    calls = [dict(), dict(freqs_cis=big, token_order=big_order)]
+    ref = [model.generate(cond, num_inference_steps=6, seeds=seeds, generator=torch.Generator().manual_seed(0), **kw)
+           for kw in calls]
+    assert model._kv_caches == {} and model.layers[0].attention.kv_cache is None
+    seen.clear()
+    for _ in range(2):
+        with torch._dynamo.config.patch(error_on_recompile=bool(seen)):
+            for r, kw in zip(ref, calls):
+                ids = model.generate(cond, num_inference_steps=6, seeds=seeds, compile="reduce-overhead",
+                                     generator=torch.Generator().manual_seed(0), **kw)
+                assert torch.equal(ids, r)
+    assert seen[:2] == seen[2:] and seen[0] != seen[1]
+    assert len(model._kv_caches) == 2 and model.layers[0].attention.kv_cache is None
+    assert set(model.state_dict()) == keys and len(list(model.buffers())) == n_buffers
     model.remove_caches()
+    assert model._kv_caches == {}
 
 
 def test_rope_table_moves_with_the_model_and_stays_float32():

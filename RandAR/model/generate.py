@@ -147,7 +147,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
         pieces through torch.compile (implies static_shapes): True, or a torch.compile mode (see compile_mode);
         None: the model's `compile_decoding` (what the sampling tools' --compile sets).
         The KV cache is allocated once per (batch, length): eager calls free it at the end, compiled calls
-        keep it for the next call (model.remove_caches() frees it).
+        keep it for later calls of that shape (model.remove_caches() frees them).
     """
     device = cond.device
     B = cond.shape[0]
@@ -219,7 +219,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     x, f, start = torch.cat(x, dim=1), torch.cat(f, dim=1), 0
 
     # Room for a padded piece past the last slot; the same length for both paths, so they share one cache.
-    model.setup_caches(n_branch * B, cls_n + 2 * N + chunk_size, dtype, device)
+    model.setup_caches(n_branch * B, cls_n + 2 * N + chunk_size, dtype, device, keep=mode is not None)
     try:
         a = K                                                                        # first token of this step
         for step, n in enumerate(counts):
@@ -248,8 +248,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
             start = cls_n + 2 * a + 1                                                # q_a sits at slot cls_n + 2a
             a = b
     finally:
-        if mode is None:
-            model.remove_caches()
+        model.detach_caches()
 
     raster = torch.zeros_like(result).scatter_(1, token_order, result)
     return (raster, step_logits) if return_logits else raster

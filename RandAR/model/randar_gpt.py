@@ -315,22 +315,33 @@ class RandARTransformer(nn.Module):
         return token_logits, loss, token_order
 
     # ---- generation ----------------------------------------------------------------------------------
-    def setup_caches(self, batch: int, max_len: int, dtype, device):
-        """KV caches for `batch` sequences of up to `max_len` slots; kept when the existing ones have that shape,
-        so repeated calls (and CUDA graphs recorded over them) reuse the same memory."""
-        want = (batch, self.n_kv_head, max_len, self.head_dim)
-        cache = self.layers[0].attention.kv_cache
-        if (cache is not None and tuple(cache.k.shape) == want and cache.k.dtype == dtype
-                and cache.k.device == torch.device(device)):
-            return
-        for layer in self.layers:
-            layer.attention.kv_cache = None  # free the old cache before allocating the new one
-        for layer in self.layers:
-            layer.attention.kv_cache = KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype, device)
+    def setup_caches(self, batch: int, max_len: int, dtype, device, keep: bool = False):
+        """Attach KV caches for `batch` sequences of up to `max_len` slots to the layers.
 
-    def remove_caches(self):
+        keep: take them from, or add them to, the model's store of caches, one per (batch, length, dtype,
+        device), so that repeated compiled calls (and the CUDA graphs recorded over them) reuse the same
+        memory, also when calls alternate between shapes (resolution extrapolation: two grids per batch).
+        """
+        key = (batch, max_len, dtype, torch.device(device))
+        store = self.__dict__.setdefault("_kv_caches", {})  # plain dict: not submodules, never checkpointed
+        caches = store.get(key) if keep else None
+        if caches is None:
+            self.detach_caches()  # let a previous unkept cache go before allocating
+            caches = [KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype, device) for _ in self.layers]
+            if keep:
+                store[key] = caches
+        for layer, cache in zip(self.layers, caches):
+            layer.attention.kv_cache = cache
+
+    def detach_caches(self):
+        """Take the caches off the layers (kept ones stay in the store)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
+
+    def remove_caches(self):
+        """Free every cache, kept ones included."""
+        self.detach_caches()
+        self.__dict__.get("_kv_caches", {}).clear()
 
     def decode_step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_start: int, num_logits: int) -> torch.Tensor:
         """One cached forward of a chunk x (B, S, dim) written at slots [cache_start, cache_start + S).
