@@ -10,6 +10,7 @@
 # packages from a folder of wheels instead of the package index.
 # --dry-run: the same steps on CPU with the tiny config, tiny shapes and the aot_eager compile backend, without
 # installing anything (tests/test_gpu_check.py runs it, so the script cannot rot).
+# shellcheck disable=SC2086,SC2046  # the lists $batches, $steps, $env_flags split into arguments on purpose
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -18,7 +19,7 @@ out=""
 for a in "$@"; do
   case $a in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     -*) echo "error: unknown option $a (usage: bash benchmarks/gpu_check.sh [--dry-run] [OUT_DIR])" >&2; exit 2 ;;
     *) out=$a ;;
   esac
