@@ -332,6 +332,8 @@ def test_static_cache_under_cpu_bf16_autocast_matches_the_dynamic_path():
 def _eager_compile(monkeypatch, modes):
     """torch.compile through dynamo with the "eager" backend (no inductor build: seconds, not minutes); dynamo's
     guards and recompiles, which these tests are about, are the real ones. Records the modes asked for."""
+    import RandAR.model.generate as gen
+    monkeypatch.setattr(gen, "COMPILE_BACKEND", "inductor")  # so that generate asks for a mode
     real_compile = torch.compile
 
     def compile_eager(fn, dynamic=None, mode=None, fullgraph=False):
