@@ -7,8 +7,10 @@
 writes <sample-dir>/<run-name>/{i:06d}.png for i < --num-fid-samples and then <sample-dir>/<run-name>.npz
 (`arr_0`, uint8 [N, H, W, 3]). Plain `python` runs one process. Image i's label, seed and token order
 depend only on --global-seed and i, so the result does not depend on the number of processes, and a killed
-run, started again with the same flags, only makes the missing PNGs. `--debug` writes a grid of the first
-batch to <sample-dir>/<run-name>-debug.png and exits.
+run, started again with the same flags, only makes the missing PNGs. <sample-dir>/<run-name>.stamp.json
+records the checkpoints' content fingerprints, the config and the sampling settings: a run whose inputs
+differ from the stamp's stops before sampling (--force: remove that run's outputs and start afresh).
+`--debug` writes a grid of the first batch to <sample-dir>/<run-name>-debug.png and exits.
 """
 import argparse
 import sys
@@ -16,7 +18,8 @@ import sys
 
 from RandAR.utils.checkpoint import CheckpointMismatchError
 from RandAR.utils.distributed import cleanup, init_distributed
-from RandAR.utils.sample_io import PACK_TIMEOUT, add_sampling_args, load_models, parse_pair, sample_run, spec_from_args
+from RandAR.utils.sample_io import (PACK_TIMEOUT, add_sampling_args, check_inputs, load_models, parse_pair, sample_run,
+                                    spec_from_args)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,13 +33,18 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        cfg_scales = parse_pair(args.cfg_scales, "--cfg-scales")
+        inputs = check_inputs(args)  # paths and cheap compatibility first: nothing is built before they pass
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
     dist = init_distributed(timeout=PACK_TIMEOUT)
     try:
-        model, tokenizer = load_models(args, dist.device)
-        spec = spec_from_args(args, model, tokenizer, parse_pair(args.cfg_scales, "--cfg-scales"), dist.device)
+        model, tokenizer = load_models(args, dist.device, inputs)
+        spec = spec_from_args(args, model, tokenizer, cfg_scales, dist.device)
     except (FileNotFoundError, ValueError, CheckpointMismatchError) as e:
         sys.exit(f"error: {e}")
-    sample_run(args, dist, model, tokenizer, spec)
+    sample_run(args, dist, model, tokenizer, spec, inputs)
     cleanup()
 
 

@@ -17,6 +17,7 @@ import inspect
 import json
 import math
 import os
+import sys
 
 import torch
 from accelerate import Accelerator
@@ -25,15 +26,24 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+try:
+    from torch.distributed.tensor import DTensor, Partial
+except ImportError:  # torch < 2.5 (no FSDP2 there: gradients are never DTensors)
+    from torch.distributed._tensor import DTensor
+    Partial = None
+
+from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
 from RandAR.utils.checkpoint import strip_wrapper_prefixes
 from RandAR.utils.checkpoint_rotation import (clear_temporaries, experiment_name, latest_checkpoint,
                                               mirror_checkpoint, prune_checkpoints, save_checkpoint)
 from RandAR.utils.config import get_obj_from_str, load_config, to_plain
+from RandAR.utils.config_schema import ConfigError, constructor_arguments
 from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb
 from RandAR.utils.lr_scheduler import scheduler_from_config
 from RandAR.utils.train_state import (EMA, SeededItems, StepBatchSampler, StopRequest, TrainState, sample_seed,
                                       step_seed)
+from RandAR.utils.versions import require_versions
 from RandAR.utils.visualization import stack_panels, training_panels
 
 torch.backends.cuda.matmul.allow_tf32 = True
@@ -48,16 +58,68 @@ FLAG_KEYS = {"data_path": "dataset.params.root_dir", "vq_ckpt": "vq_ckpt", "resu
 VIS_CFG_SCALES = (4.0, 4.0)  # guidance of the free samples in the visualisations (the original's)
 
 
+class InputError(ValueError):
+    """A missing or unusable input, found before anything is built or written."""
+
+
 def resolve_config(args):
+    """The config with overrides and flags applied, checked (config_schema) and with every required key set."""
     cfg = load_config(args.config, args.overrides)
     for flag, key in FLAG_KEYS.items():
         if getattr(args, flag) is not None:
             OmegaConf.update(cfg, key, getattr(args, flag), merge=False)
     if args.wandb_offline:
         cfg.wandb_offline = True
-    mp = str(cfg.get("accelerator", {}).get("mixed_precision", "no"))
+    mp = str(cfg.accelerator.mixed_precision)
     OmegaConf.update(cfg, "accelerator.mixed_precision", "no" if mp.lower() in ("none", "no", "fp32") else mp)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{args.config}: training needs {', '.join(missing)} (set in the YAML or as key=value)")
+    for section in ("ar_model", "dataset"):
+        if section not in cfg:
+            raise ConfigError(f"{args.config}: training needs an `{section}:` section with `target` and `params`")
     return cfg
+
+
+def check_data_folder(root):
+    """The latent-code folder exists and holds at least one `<label>/<index>.npy` (cheap: stops at the first)."""
+    if not root or not os.path.isdir(root):
+        raise InputError(f"data folder not found: {root} (--data-path: the codes of tools/extract_latent_codes.py)")
+    for entry in os.scandir(root):
+        if entry.is_dir() and entry.name.isdigit():
+            if any(f.name.endswith(".npy") for f in os.scandir(entry.path)):
+                return
+    raise InputError(f"data folder {root} holds no code files <label>/<index>.npy (--data-path: the codes of "
+                     f"tools/extract_latent_codes.py)")
+
+
+def check_inputs(cfg, args):
+    """Everything that can be checked cheaply, before the accelerator, the experiment folder or the model."""
+    if cfg.accelerator.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"accelerator.mixed_precision={cfg.accelerator.mixed_precision!r}: use no, fp16 or bf16")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    accum = cfg.accelerator.gradient_accumulation_steps
+    if cfg.global_batch_size < 1 or cfg.global_batch_size % (world * accum):
+        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by world size {world} x "
+                          f"gradient_accumulation_steps {accum} (or not positive)")
+    try:
+        skip_rule(cfg.optimizer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    # the schedule's settings, on a throw-away optimizer (the same code builds the real one)
+    try:
+        scheduler_from_config(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.lr_scheduler,
+                              cfg.max_iters)
+    except ValueError as e:
+        raise ConfigError(f"{args.config}: {e}") from e
+    root = (cfg.dataset.get("params") or {}).get("root_dir")
+    if root is not None or "root_dir" in (constructor_arguments(cfg.dataset.target) or ()):
+        check_data_folder(root)
+    if cfg.visualize_every and cfg.vq_ckpt and not os.path.isfile(cfg.vq_ckpt):
+        raise InputError(f"tokenizer checkpoint not found: {cfg.vq_ckpt} (the visualisations decode with it: "
+                         f"pass --vq-ckpt, or --visualize-every 0)")
+    if args.gpt_ckpt and not os.path.isfile(args.gpt_ckpt):
+        raise InputError(f"--gpt-ckpt not found: {args.gpt_ckpt}")
 
 
 def build_accelerator(cfg, exp_dir, compile_model: bool):
@@ -108,21 +170,72 @@ def build_optimizer(model, opt_cfg, fused: bool):
     return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=(opt_cfg.beta1, opt_cfg.beta2), fused=fused)
 
 
+SKIP_RULES = ("sum_clipped", "global_norm")
+
+
+def skip_rule(opt_cfg) -> str:
+    """optimizer.skip_grad_rule: "sum_clipped" (the original release's, the default) or "global_norm"."""
+    rule = str(opt_cfg.get("skip_grad_rule", "sum_clipped"))
+    if rule not in SKIP_RULES:
+        raise ValueError(f"optimizer.skip_grad_rule: {rule!r} is not one of {', '.join(SKIP_RULES)}")
+    return rule
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (what FSDP2 hands out) as the plain tensor it stands for; other tensors as they are."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def sum_of_grad_norms(parameters) -> torch.Tensor:
+    """Sum over parameters of the 2-norm of each gradient, on the device (the original's skip measure).
+
+    Under FSDP2 a gradient is a DTensor sharded over ranks: its squared norm is the sum of its shards' squared
+    norms, so the local sums of squares of all sharded tensors are reduced in one collective per device mesh.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    total = torch.stack(torch._foreach_norm(plain)).float().sum() if plain else None
+    by_layout = {}
+    for g in grads:
+        if isinstance(g, DTensor):
+            by_layout.setdefault((g.device_mesh, tuple(g.placements)), []).append(g)
+    for (mesh, placements), group in by_layout.items():
+        local = torch.stack(torch._foreach_norm([g.to_local() for g in group])).float().pow(2)
+        # sharded dimensions of the mesh hold parts of the sum; replicated ones hold copies of it
+        squares = DTensor.from_local(local, mesh, [Partial() if p.is_shard() else p for p in placements])
+        part = squares.full_tensor().sqrt().sum()
+        total = part if total is None else total + part.to(total.device)
+    return total if total is not None else torch.zeros(())
+
+
 def clip_and_check(accelerator, model, loss, opt_cfg, step, stop_requested):
     """Clip, then decide on the device whether to skip this update; one host sync for the whole decision.
 
-    Returns (global grad norm before clipping, skip, stop). Skip: a non-finite loss or gradient on any process,
-    or, after skip_grad_iter steps, a global norm above skip_grad_norm.
+    Returns (global grad norm before clipping, as a plain tensor, skip, stop). Skip: a non-finite loss or
+    gradient on any process, or, from step skip_grad_iter on, a gradient above skip_grad_norm measured by
+    optimizer.skip_grad_rule: "sum_clipped" (the original release's rule: the sum of the per-tensor gradient
+    norms after clipping is >= skip_grad_norm) or "global_norm" (the global norm before clipping is > it).
     """
+    rule = skip_rule(opt_cfg)
     max_norm = opt_cfg.get("max_grad_norm", 0.0) or math.inf  # 0 = no clipping, still measure the norm
-    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    norm = full_tensor(accelerator.clip_grad_norm_(model.parameters(), max_norm)).float()
     skip = ~torch.isfinite(norm) | ~torch.isfinite(loss)
     limit = opt_cfg.get("skip_grad_norm", None)
     if limit and step >= opt_cfg.get("skip_grad_iter", 0):
-        skip = skip | (norm > limit)
+        if rule == "sum_clipped":
+            skip = skip | (sum_of_grad_norms(model.parameters()).to(norm.device) >= limit)
+        else:
+            skip = skip | (norm > limit)
     flags = torch.stack([skip.float(), torch.tensor(float(stop_requested), device=norm.device)])
     skip, stop = (accelerator.reduce(flags, "max") > 0).tolist()
     return norm, skip, stop
+
+
+def unwrap(accelerator, model):
+    """The plain module under Accelerate's wrappers and torch.compile's, with any Accelerate version (the
+    keep_torch_compile argument appeared only in 1.3; before, unwrap_model keeps the compiled wrapper)."""
+    raw = accelerator.unwrap_model(model)
+    return getattr(raw, "_orig_mod", raw)
 
 
 def forward_backward(accelerator, model, codes, labels, keep_for_vis: int):
@@ -134,9 +247,23 @@ def forward_backward(accelerator, model, codes, labels, keep_for_vis: int):
     return loss.detach(), vis
 
 
+def check_checkpoint_kind(path, fsdp: bool):
+    """A sharded FSDP state resumes only under FSDP, and a DDP/single-process state only outside it."""
+    sharded = os.path.isdir(os.path.join(path, "pytorch_model_fsdp_0"))
+    if sharded != fsdp:
+        saved, now = ("FSDP", "without FSDP") if sharded else ("without FSDP", "under FSDP")
+        raise SystemExit(f"error: {path} was saved {saved} and this run is {now}: relaunch it as it was saved, "
+                         f"or start a new --exp-name from its export with --gpt-ckpt {path}.safetensors")
+
+
 def export_metadata(cfg, step, weights):
     return {"format": "randar", "weights": weights, "step": str(step), "config": json.dumps(to_plain(cfg)),
             "ar_model": json.dumps(to_plain(cfg.ar_model))}
+
+
+def export_steps(cfg):
+    """Steps whose model-only exports outlive their full training state: the milestones and the last step."""
+    return set(cfg.export_milestones) | {cfg.max_iters}
 
 
 def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger):
@@ -147,10 +274,11 @@ def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, l
     path = save_checkpoint(accelerator, ckpt_dir, state.step, exports)
     if accelerator.is_main_process:
         logger.info(f"saved checkpoint {path}")
-        prune_checkpoints(ckpt_dir, cfg.get("keep_last_k", -1))
+        keep_exports = export_steps(cfg)
+        prune_checkpoints(ckpt_dir, cfg.keep_last_k, keep_exports)
         if mirror_dir:
             try:
-                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.get("keep_last_k", -1))
+                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.keep_last_k, keep_exports)
                 logger.info(f"mirrored checkpoint to {copy}")
             except Exception as e:  # a full or flaky slow disk must not stop training
                 logger.error(f"could not mirror checkpoint {state.step} to {mirror_dir}: {type(e).__name__}: {e}")
@@ -159,7 +287,7 @@ def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, l
 
 def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
     logits, order, codes, labels = vis
-    raw = accelerator.unwrap_model(model, keep_torch_compile=False)
+    raw = unwrap(accelerator, model)
     panels = training_panels(raw, tokenizer, logits, order, codes, labels, cfg.get("visualize_num", 32),
                              VIS_CFG_SCALES, raw.num_inference_steps, seed=sample_seed(cfg.global_seed, step),
                              free_samples=accelerator.distributed_type != DistributedType.FSDP)
@@ -174,15 +302,22 @@ def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
 
 def main(args):
     cfg = resolve_config(args)
+    check_inputs(cfg, args)
+    try:  # codes of another tokenizer, vocabulary or split: stop before any folder is made
+        check_codes_for_config(cfg)
+    except ValueError as e:
+        raise InputError(str(e)) from e
     exp_name = experiment_name(args.exp_name, cfg.global_batch_size, cfg.optimizer.lr)
     exp_dir = os.path.join(cfg.results_dir, exp_name)
     ckpt_dir = os.path.join(exp_dir, "checkpoints")
     mirror_dir = os.path.join(args.disk_location, exp_name) if args.disk_location else None
     vis_every = cfg.get("visualize_every", 0) or 0
-    if vis_every and cfg.get("vq_ckpt") and not os.path.isfile(cfg.vq_ckpt):
-        raise FileNotFoundError(f"tokenizer checkpoint {cfg.vq_ckpt} not found (--vq-ckpt; or --visualize-every 0)")
     accelerator, log_with = build_accelerator(cfg, exp_dir, compile_model=not args.no_compile)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if accelerator.distributed_type == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin,
+                                                                        "fsdp_version", 1) != 2:
+        raise SystemExit("error: FSDP training needs FSDP2 (fsdp_version: 2 in the accelerate config, "
+                         "accelerate>=1.6.0); see configs/accelerate/fsdp.yaml")
     if accelerator.is_main_process:
         os.makedirs(ckpt_dir, exist_ok=True)
         clear_temporaries(ckpt_dir)
@@ -216,13 +351,14 @@ def main(args):
     optimizer = build_optimizer(model, cfg.optimizer, fused=device.type == "cuda")
     scheduler = scheduler_from_config(optimizer, cfg.lr_scheduler, cfg.max_iters)
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    raw_model = unwrap(accelerator, model)
     state = TrainState()
     accelerator.register_for_checkpointing(state, scheduler, *([ema] if ema is not None else []))
 
     # ---- resume -------------------------------------------------------------------------------------
     found = broadcast_object_list([latest_checkpoint([ckpt_dir, mirror_dir])])[0]  # rank 0's view decides
     if found:
+        check_checkpoint_kind(found[1], accelerator.distributed_type == DistributedType.FSDP)
         accelerator.load_state(found[1])
         assert state.step == found[0], f"{found[1]} holds step {state.step}"
         logger.info(f"resumed from {found[1]} at step {state.step} ({state.skipped} skipped so far)")
@@ -284,7 +420,7 @@ def main(args):
             meter.reset()
         if want_vis:
             visualize(accelerator, model, tokenizer, vis, cfg, state.step, exp_dir, logger)
-        if (ckpt_every and state.step % ckpt_every == 0) or state.step == cfg.max_iters or stop:
+        if (ckpt_every and state.step % ckpt_every == 0) or state.step in export_steps(cfg) or stop:
             save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger)
         if stop:
             logger.info(f"stop requested (SIGUSR1): checkpointed at step {state.step}, exiting")
@@ -311,7 +447,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--visualize-every", type=int, default=None, help="in optimizer steps; 0 turns it off")
     p.add_argument("--visualize-num", type=int, default=None, help="images per grid (at most the per-process batch)")
-    p.add_argument("--keep-last-k", type=int, default=None, help="checkpoints kept; <= 0 keeps all")
+    p.add_argument("--keep-last-k", type=int, default=None,
+                   help="full training states kept (the config's keep_last_k, default 1); <= 0 keeps all")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--global-seed", type=int, default=None)
     p.add_argument("--wandb-offline", action="store_true", help="log to local wandb files only (no network)")
@@ -323,4 +460,9 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    require_versions()
+    try:
+        main(parse_args())
+    except (ConfigError, InputError) as e:  # a user's mistake: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -9,6 +9,11 @@ images/s, transformer forward passes, peak memory, the time spent outside the fo
 overhead), and the 256-step / 88-step time ratio with its two terms from a least-squares fit
 t(steps) = per_step * steps + fixed: `per_step` (mostly one read of the weights per step) and `fixed` (the
 arithmetic for all tokens, the same at any step count).
+
+Warm-up (and, with --compile, compilation: CUDA graphs on CUDA) runs before the timer.
+The compiled decode step must build exactly one graph per batch size there, and a timed call must build none
+(dynamo's error_on_recompile is on while timing): otherwise the script stops with an error instead of printing
+figures of a recompiling or eager-fallback run.
 """
 import argparse
 import importlib.util
@@ -19,10 +24,12 @@ import time
 
 import numpy as np
 import torch
+import torch._dynamo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import RandAR.model.generate as generate_module  # noqa: E402
 from RandAR.utils.config import instantiate_from_config, load_config  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,11 +48,13 @@ def peak_memory_mib(device):
 
 class ForwardTimer:
     """Counts and times the transformer forward passes of one generation call: every method in `methods`
-    that the model has (decode_step, the static and the compiled step) is wrapped for the duration."""
+    that the model has (decode_step, the static step) and every compiled decode step it holds is wrapped
+    for the duration."""
 
     def __init__(self, model, device, methods):
         self.model, self.device = model, device
         self.originals = {m: getattr(model, m) for m in methods if getattr(model, m, None) is not None}
+        self.compiled = dict(getattr(model, "_compiled_decode_steps", {}))
         self.calls, self.seconds = 0, 0.0
 
     def _timed(self, fn):
@@ -62,14 +71,22 @@ class ForwardTimer:
     def __enter__(self):
         for name, fn in self.originals.items():
             setattr(self.model, name, self._timed(fn))
+        for key, fn in self.compiled.items():
+            self.model._compiled_decode_steps[key] = self._timed(fn)
         return self
 
     def __exit__(self, *exc):
-        for name, fn in self.originals.items():
-            if name.startswith("_"):
-                setattr(self.model, name, fn)
-            else:
-                delattr(self.model, name)  # back to the class's method
+        for name in self.originals:
+            delattr(self.model, name)  # back to the class's method
+        self.model.__dict__.get("_compiled_decode_steps", {}).update(self.compiled)
+
+
+def compiled_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def cudagraph_skips() -> int:
+    return torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
 
 
 def load_original_class(repo):
@@ -109,9 +126,15 @@ def main():
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--original-repo", default=None, help="a clone of github.com/ziqipang/RandAR to compare with")
-    p.add_argument("--compile", action="store_true", help="also time our torch.compile'd decode step")
+    p.add_argument("--compile", action="store_true",
+                   help="also time our torch.compile'd decode step (generate(compile=True): CUDA graphs on CUDA)")
+    p.add_argument("--compile-backend", default="inductor", help="aot_eager: gpu_check.sh's CPU dry run")
+    p.add_argument("--warmup-only", action="store_true",
+                   help="only compile and warm up (fills inductor's on-disk cache for a later timed run)")
+    p.add_argument("--md", default=None, help="append the results as markdown tables to this file")
     p.add_argument("--override", nargs="*", default=[], help="config overrides, e.g. ar_model.params.n_layer=12")
     args = p.parse_args()
+    generate_module.COMPILE_BACKEND = args.compile_backend
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     original_cls = load_original_class(args.original_repo) if args.original_repo else None
@@ -119,17 +142,17 @@ def main():
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else os.cpu_count()} "
           f"{'GPU' if device.type == 'cuda' else 'CPU threads ' + str(torch.get_num_threads())}), dtype {dtype}, "
           f"CFG {args.cfg}, torch {torch.__version__}")
-    rows = []
+    rows, ratios, speedups = [], [], []
     for cfg_path in args.configs:
         cfg = load_config(os.path.join(ROOT, cfg_path) if not os.path.isabs(cfg_path) else cfg_path, args.override)
         model = instantiate_from_config(cfg.ar_model).to(device=device, dtype=dtype).eval()
         with torch.no_grad():
             torch.nn.init.normal_(model.output.weight, std=0.02)  # non-uniform logits, as a trained model has
-        ours = ["decode_step", "decode_step_static", "_compiled_decode_step"]
-        impls = [("ours", model, ours, {})]
+        ours = ["decode_step", "decode_step_static"]
+        impls = [] if args.warmup_only else [("ours", model, ours, {})]
         if args.compile:
             impls.append(("compiled", model, ours, {"compile": True}))
-        if original_cls is not None:
+        if original_cls is not None and not args.warmup_only:
             orig = original_cls(**cfg.ar_model.params).to(device=device, dtype=dtype).eval()
             orig.load_state_dict(model.state_dict(), strict=True)
             orig.freqs_cis = orig.freqs_cis.to(device)
@@ -138,33 +161,81 @@ def main():
         for bs in args.batch_sizes:
             cond = torch.randint(0, model.num_classes, (bs,), device=device)
             for impl, m, methods, extra in impls:
-                # Warm-up (and compilation) outside the timer, so torch.compile sees the real decode step.
+                # Warm-up (and compilation) outside the timer, at the cheapest measured step count: the compiled
+                # step has one shape per batch whatever the step count (checked: no graph is built while timing).
+                before, skips = compiled_graphs(), cudagraph_skips()
                 warm_order = torch.rand(bs, m.block_size, device=device).argsort(1)
-                m.generate(cond, token_order=warm_order, cfg_scales=(args.cfg, args.cfg), num_inference_steps=8,
-                           **extra)
+                m.generate(cond, token_order=warm_order, cfg_scales=(args.cfg, args.cfg),
+                           num_inference_steps=min(args.steps, key=lambda s: s if s > 0 else 1e9), **extra)
+                built = compiled_graphs() - before
+                if impl == "compiled":
+                    print(f"{name:28s} bs {bs:2d} {impl:8s} warm-up compiled {built} graph(s)", flush=True)
+                    if built != 1:
+                        sys.exit(f"error: {name} batch {bs}: the compiled decode step built {built} graphs at "
+                                 f"warm-up, expected exactly 1 per batch size (0: nothing compiled, it ran eager; "
+                                 f"more: it recompiles per step count)")
+                    if device.type == "cuda" and cudagraph_skips() != skips:
+                        sys.exit(f"error: {name} batch {bs}: inductor ran the compiled decode step without CUDA "
+                                 f"graphs ({cudagraph_skips() - skips} skip(s); its log says why)")
+                if args.warmup_only:
+                    continue
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 per_steps = {}
+                before = compiled_graphs()
                 for steps in args.steps:
-                    t, calls, fwd = time_generate(m, cond, steps, args.cfg, device, methods, args.repeats, extra)
+                    try:
+                        with torch._dynamo.config.patch(error_on_recompile=True):
+                            t, calls, fwd = time_generate(m, cond, steps, args.cfg, device, methods, args.repeats,
+                                                          extra)
+                    except torch._dynamo.exc.RecompileError as e:
+                        sys.exit(f"error: {name} batch {bs} {impl} {steps} steps recompiled during a timed run: {e}")
                     per_steps[steps] = t
-                    rows.append((name, bs, impl, steps, t / bs, bs / t, calls, 1 - fwd / t, peak_memory_mib(device)))
+                    rows.append((name, bs, impl, steps, t / bs, bs / t, calls, 1 - fwd / t, peak_memory_mib(device),
+                                 built if impl == "compiled" else "-"))
                     print(f"{name:28s} bs {bs:2d} {impl:8s} steps {steps:4d}: {t / bs:8.3f} s/img "
                           f"{bs / t:8.2f} img/s  forwards {calls:4d}  outside forwards {100 * (1 - fwd / t):5.1f}%  "
                           f"peak {peak_memory_mib(device):8.0f} MiB", flush=True)
+                if compiled_graphs() != before:
+                    sys.exit(f"error: {name} batch {bs} {impl}: {compiled_graphs() - before} graph(s) compiled "
+                             f"during the timed runs")
                 if len(per_steps) >= 2:
                     s = np.array(sorted(per_steps), dtype=float)
                     t = np.array([per_steps[k] for k in sorted(per_steps)])
                     per_step, fixed = np.polyfit(s, t, 1)
-                    if 256 in per_steps and 88 in per_steps:
-                        print(f"{'':28s} bs {bs:2d} {impl:8s} ratio t(256)/t(88) = {per_steps[256] / per_steps[88]:.2f} "
-                              f"(per step {per_step * 1e3:.1f} ms, fixed {fixed:.2f} s; "
-                              f"ideal 256/88 = {256 / 88:.2f})", flush=True)
-            if original_cls is not None:
+                    hi, lo = max(per_steps), min(per_steps)
+                    ratios.append((name, bs, impl, hi, lo, per_steps[hi] / per_steps[lo], per_step, fixed))
+                    print(f"{'':28s} bs {bs:2d} {impl:8s} ratio t({hi})/t({lo}) = {per_steps[hi] / per_steps[lo]:.2f} "
+                          f"(per step {per_step * 1e3:.1f} ms, fixed {fixed:.2f} s; "
+                          f"ideal {hi}/{lo} = {hi / lo:.2f})", flush=True)
+            for other in [i[0] for i in impls if i[0] != "ours" and not args.warmup_only]:
                 for steps in args.steps:
-                    ours = [r for r in rows if r[:4] == (name, bs, "ours", steps)][-1]
-                    orig = [r for r in rows if r[:4] == (name, bs, "original", steps)][-1]
-                    print(f"{'':28s} bs {bs:2d} speed-up over the original at {steps} steps: {orig[4] / ours[4]:.2f}x")
+                    ref = [r for r in rows if r[:4] == (name, bs, "ours", steps)][-1]
+                    new = [r for r in rows if r[:4] == (name, bs, other, steps)][-1]
+                    speedups.append((name, bs, steps, other, ref[4] / new[4]))
+                    print(f"{'':28s} bs {bs:2d} {other} vs ours (eager) at {steps} steps: time ratio "
+                          f"{ref[4] / new[4]:.2f}x (> 1: {other} is faster)")
+        del model
+    if args.md and not args.warmup_only:
+        write_markdown(args.md, rows, ratios, speedups)
+
+
+def write_markdown(path, rows, ratios, speedups):
+    with open(path, "a") as f:
+        f.write("\n| model | batch | impl | steps | s/img | img/s | forwards | outside forwards | peak MiB | "
+                "graphs at warm-up |\n|---|---|---|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            f.write(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.4f} | {r[5]:.2f} | {r[6]} | {100 * r[7]:.1f}% | "
+                    f"{r[8]:.0f} | {r[9]} |\n")
+        f.write("\n| model | batch | impl | t(hi)/t(lo) steps | ratio | per-step term | fixed term |\n"
+                "|---|---|---|---|---|---|---|\n")
+        for name, bs, impl, hi, lo, ratio, per_step, fixed in ratios:
+            f.write(f"| {name} | {bs} | {impl} | {hi}/{lo} (ideal {hi / lo:.2f}) | {ratio:.2f} | "
+                    f"{per_step * 1e3:.2f} ms | {fixed:.3f} s |\n")
+        if speedups:
+            f.write("\n| model | batch | steps | impl | time of ours (eager) / time of impl |\n|---|---|---|---|---|\n")
+            for name, bs, steps, impl, x in speedups:
+                f.write(f"| {name} | {bs} | {steps} | {impl} | {x:.2f}x |\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 import time
 
 import torch
+import torch._dynamo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,11 +31,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench(cfg, batch, device, grad_ckpt, compile_, steps, warmup, precision):
+def bench(cfg, batch, device, grad_ckpt, compile_, steps, warmup, precision, backend="inductor"):
+    """(tokens/s, median step seconds, peak GiB); warm-up steps (and compilation) are not timed, and a timed
+    step that recompiles is an error."""
     model = instantiate_from_config(cfg.ar_model).to(device).train()
     model.grad_checkpointing = grad_ckpt
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    fwd = torch.compile(model) if compile_ else model
+    fwd = torch.compile(model, backend=backend) if compile_ else model
     idx = torch.randint(0, model.vocab_size, (batch, model.block_size), device=device)
     cond = torch.randint(0, model.num_classes, (batch,), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -44,9 +47,9 @@ def bench(cfg, batch, device, grad_ckpt, compile_, steps, warmup, precision):
     for i in range(warmup + steps):
         sync(device)
         t = time.perf_counter()
-        with amp:
+        with amp, torch._dynamo.config.patch(error_on_recompile=i >= warmup):
             _, loss, _ = fwd(idx, cond, targets=idx)
-        loss.backward()
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(device)
@@ -79,6 +82,9 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    p.add_argument("--compile-backend", default="inductor", help="aot_eager: gpu_check.sh's CPU dry run")
+    p.add_argument("--grad-ckpt", choices=["both", "on", "off"], default="both", help="gradient checkpointing")
+    p.add_argument("--md", default=None, help="append the results as a markdown table to this file")
     p.add_argument("--data-path", default=None, help="latent-code folder, to time the data loader")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
@@ -88,14 +94,18 @@ def main():
     names = args.configs or (["tiny", "l", "xl"] if device.type == "cuda" else ["tiny", "l"])
     precisions = args.precisions or (["bf16"] if device.type == "cuda" else ["fp32", "bf16"])
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    ckpts = {"both": (False, True), "on": (True,), "off": (False,)}[args.grad_ckpt]
+    md = []
     for name in names:
         cfg = load_config(os.path.join(ROOT, CONFIGS[name]))
         batch = args.batch or (64 if name in ("tiny", "toy") else (32 if device.type == "cuda" else 8))
         for precision in precisions:
             for compile_ in ([False, True] if args.compile else [False]):
-                for grad_ckpt in (False, True):
+                for grad_ckpt in ckpts:
                     tok_s, t, mem = bench(cfg, batch, device, grad_ckpt, compile_, args.steps, args.warmup,
-                                          precision)
+                                          precision, args.compile_backend)
+                    md.append(f"| {name} | {precision} | {batch} | {grad_ckpt} | {compile_} | {tok_s:.0f} | "
+                              f"{t * 1e3:.1f} | {mem:.2f} |")
                     print(f"{name:5s} {precision} batch {batch:3d} grad_ckpt {grad_ckpt!s:5s} "
                           f"compile {compile_!s:5s}: {tok_s:10.0f} tokens/s  {t * 1e3:8.1f} ms/step  "
                           f"peak {mem:6.2f} GiB", flush=True)
@@ -103,6 +113,10 @@ def main():
             t_load = bench_loader(args.data_path, batch, cfg.ar_model.params.block_size,
                                   cfg.ar_model.params.vocab_size, args.num_workers)
             print(f"{name:5s} data loader: {t_load * 1e3:.2f} ms per batch of {batch} ({args.num_workers} workers)")
+    if args.md:
+        with open(args.md, "a") as f:
+            f.write("\n| config | precision | batch | grad ckpt | compile | tokens/s | ms/step | peak GiB |\n"
+                    "|---|---|---|---|---|---|---|---|\n" + "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from RandAR.applications import extrapolation_sampling
 from RandAR.applications.editing import generate_with_known, known_from_pixel_mask, place_region, region_box
@@ -303,3 +303,41 @@ def test_search_cfg_weights_documented_command(tmp_path):
     with pytest.raises(SystemExit, match="extrapolation-factor"):
         extrapolation_sampling.main(["--config", CONFIG, "--exp-name", "t", "--gpt-ckpt", GPT, "--vq-ckpt", VQ,
                                      "--extrapolation-factor", "1", "--sample-dir", str(tmp_path), "--debug"])
+
+
+def test_extrapolation_resumes_only_the_same_run(tmp_path, capsys):
+    """Like sample_c2i.py: a run stamp beside the outputs; another checkpoint of the same file name stops the run
+    before any work (today it would find the images present and pack the first model's), --force redoes it."""
+    other = tmp_path / "other"
+    other.mkdir()
+    state = load_file(GPT)
+    state["output.weight"] = state["output.weight"].flip(0).contiguous()
+    save_file(state, str(other / os.path.basename(GPT)))
+
+    def argv(gpt, *extra):
+        return ["--config", CONFIG, "--exp-name", "tiny", "--gpt-ckpt", gpt, "--vq-ckpt", VQ, "--num-fid-samples",
+                "2", "--per-proc-batch-size", "2", "--num-inference-steps", "8", "--sample-dir",
+                str(tmp_path / "s"), *extra]
+
+    extrapolation_sampling.main(argv(GPT))
+    [npz] = [f for f in os.listdir(tmp_path / "s") if f.endswith(".npz")]
+    first = np.load(tmp_path / "s" / npz)["arr_0"]
+    with pytest.raises(SystemExit, match=r"records another sampling run \(gpt_ckpt: .*--force"):
+        extrapolation_sampling.main(argv(str(other / os.path.basename(GPT))))
+    np.testing.assert_array_equal(np.load(tmp_path / "s" / npz)["arr_0"], first)
+    extrapolation_sampling.main(argv(str(other / os.path.basename(GPT)), "--force"))
+    assert not np.array_equal(np.load(tmp_path / "s" / npz)["arr_0"], first)
+    capsys.readouterr()
+    extrapolation_sampling.main(argv(str(other / os.path.basename(GPT))))  # same inputs: resumes
+    assert "2 of 2 images present, sampling 0" in capsys.readouterr().out
+
+
+def test_extrapolation_checks_inputs_before_building(tmp_path, monkeypatch):
+    from RandAR.utils import sample_io
+    built = []
+    monkeypatch.setattr(sample_io, "build_randar", lambda *a, **k: built.append(a))
+    with pytest.raises(SystemExit) as e:
+        extrapolation_sampling.main(["--config", CONFIG, "--exp-name", "t", "--gpt-ckpt", GPT, "--vq-ckpt",
+                                     str(tmp_path / "vq.pt"), "--sample-dir", str(tmp_path / "s")])
+    assert str(e.value) == f"error: --vq-ckpt {tmp_path / 'vq.pt'} not found"
+    assert built == [] and not (tmp_path / "s").exists()

@@ -6,6 +6,7 @@ recomputed here in numpy and the metrics checked against an independent computat
 """
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -107,17 +108,79 @@ def test_precision_recall_far_clusters():
 def test_precision_recall_batched_equals_brute_force():
     rng = np.random.default_rng(6)
     ref, sample = rng.normal(size=(90, 6)).astype(np.float32), (rng.normal(size=(70, 6)) + 0.5).astype(np.float32)
+    # float16 distances: radii within float16 rounding of the exact ones.
     np.testing.assert_allclose(metrics.manifold_radii(ref, row_batch=7, col_batch=11),
-                               np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, 3], rtol=1e-4)
-    assert metrics.precision_recall(ref, sample, batch=13) == metrics.precision_recall(ref, sample, batch=1000)
-    assert metrics.precision_recall(ref, sample) == _brute_force_pr(ref, sample)
+                               np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, 3], rtol=2e-3, atol=2e-3)
+    assert metrics.precision_recall(ref, sample, row_batch=13, col_batch=17) == metrics.precision_recall(ref, sample)
+    assert metrics.precision_recall(ref, sample) == _adm_precision_recall(ref, sample)
 
 
 def _brute_force_pr(ref, sample, k=3):
+    """Exact (float64) precision and recall."""
     r_ref = np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, k]
     r_sample = np.sort(cdist(sample, sample, "sqeuclidean"), axis=1)[:, k]
     d = cdist(ref, sample, "sqeuclidean")
     return float((d <= r_ref[:, None]).any(0).mean()), float((d <= r_sample[None]).any(1).mean())
+
+
+def _adm_block(u, v):
+    """ADM's DistanceBlock written out: |u|^2 - 2 u.v + |v|^2 with every tensor in float16 (squares, norms, the
+    product, each sum), accumulations in float32; the float32 formula when the float16 block is not finite."""
+    def formula(u, v, t):
+        u, v = u.astype(t), v.astype(t)
+        norm_u = (u * u).astype(np.float32).sum(1).astype(t)
+        norm_v = (v * v).astype(np.float32).sum(1).astype(t)
+        uv = np.einsum("id,jd->ij", u.astype(np.float32), v.astype(np.float32)).astype(t)
+        return np.maximum((norm_u[:, None] - uv * t(2)) + norm_v[None, :], t(0))
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = formula(u, v, np.float16)
+    return (d if np.isfinite(d).all() else formula(u, v, np.float32)).astype(np.float32)
+
+
+def _adm_precision_recall(ref, sample, k=3, block=10000):
+    """ADM's ManifoldEstimator: radii and ball tests from `block` x `block` distance blocks."""
+    def blocks(a, b):
+        return np.concatenate([np.concatenate([_adm_block(a[i:i + block], b[j:j + block])
+                                               for j in range(0, len(b), block)], 1)
+                               for i in range(0, len(a), block)], 0)
+
+    r_ref = np.sort(blocks(ref, ref), axis=1)[:, k]
+    r_sample = np.sort(blocks(sample, sample), axis=1)[:, k]
+    d = blocks(ref, sample)
+    return float((d <= r_ref[:, None]).any(0).mean()), float((d <= r_sample[None]).any(1).mean())
+
+
+@pytest.mark.parametrize("seed, differs", [(11, "recall"), (34, "precision")])
+def test_precision_recall_uses_adms_float16_distances(seed, differs):
+    # Inception-like non-negative features; for these seeds float16 rounding moves a point across a ball's edge.
+    rng = np.random.default_rng(seed)
+    ref = np.abs(rng.normal(size=(40, 16)) * 4).astype(np.float32)
+    sample = (np.abs(rng.normal(size=(30, 16)) * 4) + 0.5).astype(np.float32)
+    np.testing.assert_array_equal(metrics.pairwise_sq_distances(ref, sample), _adm_block(ref, sample))
+    adm, exact = _adm_precision_recall(ref, sample), _brute_force_pr(ref, sample)
+    i = ("precision", "recall").index(differs)
+    assert adm[i] != exact[i]  # the case separates the two arithmetics
+    assert metrics.precision_recall(ref, sample) == adm
+
+
+def test_distance_block_falls_back_to_float32_per_block():
+    rng = np.random.default_rng(12)
+    ref = np.abs(rng.normal(size=(30, 16)) * 4).astype(np.float32)
+    sample = (np.abs(rng.normal(size=(24, 16)) * 4) + 0.5).astype(np.float32)
+    ref[3] *= 40  # |x|^2 > 65504: float16 overflows in every block that holds this row
+    sample[20] *= 40
+    d = metrics.pairwise_sq_distances(ref, sample)
+    u, v = ref.astype(np.float64), sample.astype(np.float64)
+    np.testing.assert_allclose(d, cdist(u, v, "sqeuclidean"), rtol=1e-5)  # float32 block, finite
+    assert np.sum(ref[3].astype(np.float64) ** 2) > np.finfo(np.float16).max
+    # Blocks of 10: only those with row 3 or sample 20 use float32, the others stay float16 as in ADM.
+    assert metrics.precision_recall(ref, sample, row_batch=10, col_batch=10) == \
+        _adm_precision_recall(ref, sample, block=10)
+    # float32 blocks may differ in the last bit (another summation order); float16 ones would differ by ~1e-3.
+    blocks = [[_adm_block(sample[i:i + 10], sample[j:j + 10]) for j in (0, 10, 20)] for i in (0, 10, 20)]
+    np.testing.assert_allclose(metrics.manifold_radii(sample, row_batch=10, col_batch=10),
+                               np.sort(np.block(blocks), axis=1)[:, 3], rtol=1e-6)
 
 
 # ---------------------------------------------------------------- streaming .npz reader
@@ -224,7 +287,8 @@ def test_evaluate_end_to_end(graph, batches):
         "sfid": _closed_form_fid(*stats(spatial), *stats(ref_spatial)),
         "inception_score": np.exp(np.mean(np.sum(probs * np.log(probs / py), axis=1))),
     }
-    expected["precision"], expected["recall"] = _brute_force_pr(ref_pool, pool)
+    expected["precision"], expected["recall"] = _adm_precision_recall(ref_pool.astype(np.float32),
+                                                                      pool.astype(np.float32))
     assert set(result) == set(fid.METRIC_NAMES)
     for name in fid.METRIC_NAMES:
         assert result[name] == pytest.approx(expected[name], rel=1e-3, abs=1e-5), name
@@ -297,12 +361,80 @@ def test_missing_graph_error(tmp_path, monkeypatch):
     with pytest.raises(fid.InceptionGraphMissing, match="nowhere"):
         fid.resolve_inception_path()
     monkeypatch.delenv(fid.INCEPTION_ENV)
-    monkeypatch.setenv("HOME", str(tmp_path))  # then ~/.cache/randar/
+    monkeypatch.setenv("HOME", str(tmp_path))  # then ~/.cache/randar/, downloaded there: here from nowhere
+    monkeypatch.setattr(fid, "INCEPTION_URL", (tmp_path / "offline.pb").as_uri())
     with pytest.raises(fid.InceptionGraphMissing, match=".cache/randar/classify_image_graph_def.pb"):
         fid.resolve_inception_path()
 
     with pytest.raises(SystemExit, match=fid.INCEPTION_URL):  # the CLI: one message, no traceback
         fid.main(["ref.npz", "sample.npz", "--inception-path", missing])
+
+
+# ---------------------------------------------------------------- download on first use
+
+def _use_default_cache(tmp_path, monkeypatch, url):
+    """No flag, no $RANDAR_INCEPTION_PATH, HOME in tmp_path, the graph's URL replaced -> the cache path."""
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(fid, "INCEPTION_URL", url)
+    return tmp_path / ".cache" / "randar" / "classify_image_graph_def.pb"
+
+
+def test_graph_is_downloaded_on_first_use(graph, batches, tmp_path, monkeypatch):
+    path, w = graph
+    _, ref, _ = batches
+    cache = _use_default_cache(tmp_path, monkeypatch, pathlib.Path(path).as_uri())
+    with fid.InceptionV3TF() as extractor:
+        pool, _, _ = extractor.pool_features(ref[:3])
+    np.testing.assert_allclose(pool, _numpy_features(ref[:3], w)[0], rtol=1e-4, atol=1e-5)
+    assert cache.read_bytes() == pathlib.Path(path).read_bytes()
+    assert os.listdir(cache.parent) == [cache.name]  # no temporary file left behind
+    monkeypatch.setattr(fid, "INCEPTION_URL", (tmp_path / "gone.pb").as_uri())  # later runs never fetch
+    assert fid.resolve_inception_path() == str(cache)
+
+
+def _other_graph_bytes():
+    import tensorflow.compat.v1 as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        tf.add(tf.placeholder(tf.float32, [None, 3], name="ExpandDims"), 1.0, name="pool_4")
+    return g.as_graph_def().SerializeToString()
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("truncated", "past the end|malformed"),
+    ("html", "wire type"),
+    ("other graph", "no node pool_3, mixed_6/conv, softmax/logits/MatMul"),
+    ("offline", "No such file|not found|URLError|urlopen"),
+])
+def test_bad_download_is_refused_and_not_cached(graph, tmp_path, monkeypatch, kind, reason):
+    good = pathlib.Path(graph[0]).read_bytes()
+    served = tmp_path / "served.pb"
+    if kind == "truncated":
+        served.write_bytes(good[: len(good) // 2])
+    elif kind == "html":
+        served.write_bytes(b"<html><body><h1>503 Service Unavailable</h1></body></html>\n")
+    elif kind == "other graph":
+        served.write_bytes(_other_graph_bytes())
+    cache = _use_default_cache(tmp_path, monkeypatch, served.as_uri())
+    with pytest.raises(fid.InceptionGraphMissing, match=reason) as err:
+        fid.InceptionV3TF()
+    assert served.as_uri() in str(err.value) and "--inception-path" in str(err.value)
+    assert not cache.exists() and os.listdir(cache.parent) == []  # nothing cached, no partial file
+    with pytest.raises(SystemExit, match=served.as_uri()):  # the CLI: one message, no traceback
+        fid.main(["ref.npz", "sample.npz"])
+
+
+def test_given_graph_path_is_never_downloaded_over(tmp_path, monkeypatch, graph):
+    missing = tmp_path / "mine.pb"
+    monkeypatch.setattr(fid, "INCEPTION_URL", pathlib.Path(graph[0]).as_uri())
+    with pytest.raises(fid.InceptionGraphMissing, match="--inception-path"):
+        fid.resolve_inception_path(str(missing))
+    monkeypatch.setenv(fid.INCEPTION_ENV, str(missing))
+    with pytest.raises(fid.InceptionGraphMissing, match=fid.INCEPTION_ENV):
+        fid.resolve_inception_path()
+    assert not missing.exists()
 
 
 def test_cli_writes_json(graph, batches):

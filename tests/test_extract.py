@@ -2,6 +2,7 @@
 plain `python` and `torchrun --nproc_per_node 2` give identical files equal to the tokenizer applied directly,
 re-runs resume, the latent dataset reads the result back, and bad inputs fail before any work."""
 import io
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from RandAR.dataset.latent import INatLatentDataset
+from RandAR.utils.run_stamp import file_fingerprint
 from RandAR.model.tokenizer import VQModel
 from helpers import load_script
 from test_dataset import SPEC, adm_reference, make_imagenet_tar
@@ -50,8 +52,9 @@ def setup(tmp_path_factory):
 
 
 def _argv(s, code_path, *extra):
+    # One of the 9 train images is broken: allow it (the default 0.001 stops the run, tested below).
     return ["--data-path", s["data"], "--code-path", code_path, "--vq-ckpt", s["ckpt"], "--config", s["cfg"],
-            "--image-size", str(SIZE), "--batch-size", "3", *extra]
+            "--image-size", str(SIZE), "--batch-size", "3", "--max-bad-fraction", "0.2", *extra]
 
 
 def _run(cmd):
@@ -67,7 +70,7 @@ def _summary(text):
 
 def _read_tree(out_dir):
     files = {}
-    for label in sorted(os.listdir(out_dir)):
+    for label in sorted(d for d in os.listdir(out_dir) if d.isdigit()):
         for f in os.listdir(os.path.join(out_dir, label)):
             if not f.endswith(".npy"):  # a hidden temporary file from a killed run
                 continue
@@ -104,7 +107,12 @@ def test_plain_run_layout_and_codes(setup, runs):
     files = _read_tree(runs["plain_dir"])
     expected = _expected_adm(setup)
     assert sorted(files) == sorted(expected)
-    assert sorted(os.listdir(runs["plain_dir"])) == ["0", "1", "2"]
+    assert sorted(os.listdir(runs["plain_dir"])) == ["0", "1", "2", "manifest.json"]
+    manifest = json.load(open(os.path.join(runs["plain_dir"], "manifest.json")))
+    assert manifest == dict(format="randar-codes-1", split="train", dataset="imagenet", tokenizer="tiny",
+                            tokenizer_target="RandAR.model.tokenizer.VQModel", codebook_size=64,
+                            vq_ckpt=file_fingerprint(setup["ckpt"]), image_size=SIZE, aug_mode="adm",
+                            crop_range=None, code_length=L)
     for key, codes in files.items():
         assert codes.shape == (2, L) and codes.dtype == np.int64
         np.testing.assert_array_equal(codes, expected[key], err_msg=str(key))
@@ -158,11 +166,14 @@ def test_latent_dataset_reads_extracted_codes(runs, tmp_path):
         assert codes.shape == (L,) and codes.dtype == torch.long
         stored = files[(label, os.path.basename(ds.paths[i].decode()))]
         assert any(torch.equal(codes, torch.from_numpy(row)) for row in stored)
-    with pytest.raises(ValueError, match=f"block_size {4 * L}"):
+    with pytest.raises(ValueError, match=f"code_length {L} \\(the model's block_size is {4 * L}\\)"):
         INatLatentDataset(runs["plain_dir"], vocab_size=TINY["codebook_size"], block_size=4 * L)
 
     out = tmp_path / "codes"
     shutil.copytree(runs["plain_dir"], out)
+    os.remove(out / "manifest.json")  # as the released archives: the files themselves are checked
+    with pytest.raises(ValueError, match=f"expected \\(num_aug, {4 * L}\\) for block_size {4 * L}"):
+        INatLatentDataset(str(out), vocab_size=TINY["codebook_size"], block_size=4 * L)
     victim = sorted(out.rglob("*.npy"))[0]
     codes = np.load(victim)
     codes[0, 0] = TINY["codebook_size"]
@@ -175,7 +186,8 @@ def test_latent_dataset_reads_extracted_codes(runs, tmp_path):
 def test_other_aug_modes_on_val(setup, tmp_path, mode, num_aug):
     extract.main(_argv(setup, str(tmp_path), "--aug-mode", mode, "--num-workers", "0", "--debug",
                        "--tokenizer-name", "mytok"))
-    files = _read_tree(str(tmp_path / f"imagenet-mytok-{mode}-32_codes"))
+    files = _read_tree(str(tmp_path / f"imagenet-mytok-{mode}-32_val_codes"))
+    assert json.load(open(tmp_path / f"imagenet-mytok-{mode}-32_val_codes" / "manifest.json"))["split"] == "val"
     names = sorted(setup["val_members"])
     assert len(files) == len(names)
     model = setup["model"]
@@ -231,4 +243,97 @@ def test_bad_inputs_fail_before_any_work(setup, tmp_path):
         extract.main(_argv(s, out, "--crop-range", "1.2"))  # ten-crop only
     # a RandAR config with an explicit name is accepted
     extract.main(with_flag("--config", str(randar)) + ["--tokenizer-name", "x", "--debug", "--num-workers", "0"])
-    assert len(_read_tree(os.path.join(out, "imagenet-x-adm-32_codes"))) == len(s["val_members"])
+    assert len(_read_tree(os.path.join(out, "imagenet-x-adm-32_val_codes"))) == len(s["val_members"])
+
+
+def test_val_split_never_mixes_into_train_codes(setup, runs, tmp_path):
+    """--debug (val) goes to its own folder; a train folder whose manifest says val (or another tokenizer,
+    image size, aug mode) is not resumed: the run stops before any work, naming the difference."""
+    s = setup
+    extract.main(_argv(s, str(tmp_path), "--debug", "--num-workers", "0"))
+    train_dir = tmp_path / "imagenet-tiny-adm-32_codes"
+    assert not train_dir.exists() and (tmp_path / "imagenet-tiny-adm-32_val_codes").is_dir()
+
+    shutil.copytree(runs["plain_dir"], train_dir)
+    mtimes = {p: os.path.getmtime(p) for p in map(str, train_dir.rglob("*.npy"))}
+    manifest = json.load(open(train_dir / "manifest.json"))
+    json.dump({**manifest, "split": "val"}, open(train_dir / "manifest.json", "w"))
+    with pytest.raises(SystemExit, match=r"^error: .*manifest\.json records another code extraction "
+                                         r"\(split: 'val' there, 'train' now\)"):
+        extract.main(_argv(s, str(tmp_path), "--num-workers", "0"))
+    json.dump(manifest, open(train_dir / "manifest.json", "w"))
+    torch.manual_seed(1)  # another tokenizer of the same architecture and config name
+    save_file(VQModel(**TINY).eval().state_dict(), str(tmp_path / "other.safetensors"))
+    argv = _argv(s, str(tmp_path), "--num-workers", "0")
+    argv[argv.index("--vq-ckpt") + 1] = str(tmp_path / "other.safetensors")
+    with pytest.raises(SystemExit, match=r"records another code extraction \(vq_ckpt: '.*' there, '.*' now\)"):
+        extract.main(argv)
+    assert {p: os.path.getmtime(p) for p in map(str, train_dir.rglob("*.npy"))} == mtimes
+
+
+def test_codes_without_manifest_are_not_resumed_but_still_train(setup, runs, tmp_path):
+    """A folder of codes with no manifest (an older extraction): extraction will not add to it, since nothing
+    says what made them; the latent dataset reads it (the released archives have no manifest)."""
+    out = tmp_path / "imagenet-tiny-adm-32_codes"
+    shutil.copytree(runs["plain_dir"], out)
+    os.remove(out / "manifest.json")
+    with pytest.raises(SystemExit, match="exist without a record of what made them.*another --code-path"):
+        extract.main(_argv(setup, str(tmp_path), "--num-workers", "0"))
+    assert len(INatLatentDataset(str(out), vocab_size=TINY["codebook_size"], block_size=L)) == 8
+
+
+def test_too_many_bad_images_exit_nonzero_keeping_good_codes(setup, tmp_path):
+    argv = _argv(setup, str(tmp_path), "--num-workers", "0")
+    i = argv.index("--max-bad-fraction")
+    with pytest.raises(SystemExit) as e:
+        extract.main(argv[:i] + argv[i + 2:])  # the default --max-bad-fraction
+    assert re.match(r"error: 1 of 9 images \(11\.11%\) could not be decoded, more than --max-bad-fraction 0\.001",
+                    str(e.value.code)), e.value.code
+    assert len(_read_tree(str(tmp_path / "imagenet-tiny-adm-32_codes"))) == 8  # the good ones are written
+    extract.main(_argv(setup, str(tmp_path), "--num-workers", "0", "--max-bad-fraction", "0.12"))  # 1/9 allowed
+
+
+TINY_RANDAR = os.path.join(REPO, "configs", "randar", "randar_tiny.yaml")  # vocab_size 64, 4x4 tokens
+
+
+def test_training_refuses_codes_of_another_tokenizer_or_split(setup, tmp_path):
+    """Codes of a 32-entry tokenizer have ids < 32, all valid ids of the tiny RandAR's 64-entry vocabulary:
+    only the manifest can tell. Training stops before it makes any folder; the val split is refused too."""
+    torch.manual_seed(1)
+    other = dict(TINY, codebook_size=32)
+    save_file(VQModel(**other).state_dict(), str(tmp_path / "vq32.safetensors"))
+    cfg32 = _config(tmp_path / "vq32.yaml", other)
+    base = ["--data-path", setup["data"], "--code-path", str(tmp_path), "--image-size", "8", "--num-workers", "0",
+            "--max-bad-fraction", "0.2"]
+    extract.main(base + ["--vq-ckpt", str(tmp_path / "vq32.safetensors"), "--config", cfg32])
+    extract.main(base + ["--vq-ckpt", setup["ckpt"], "--config", setup["cfg"], "--debug"])
+    train = load_script("train_c2i.py")
+
+    def train_argv(codes):
+        return train.parse_args(["--config", TINY_RANDAR, "--exp-name", "t", "--data-path", str(codes),
+                                 "--results-dir", str(tmp_path / "results"), "--visualize-every", "0",
+                                 "--wandb-offline", "max_iters=1", "accelerator.log_with=none"])
+
+    with pytest.raises(ValueError, match=r"codebook_size 32 \(the model's vocab_size is 64\).*tokenizer 'vq32'"):
+        train.main(train_argv(tmp_path / "imagenet-vq32-adm-8_codes"))
+    with pytest.raises(ValueError, match=r"split 'val' \(the model's training split is 'train'\)"):
+        train.main(train_argv(tmp_path / "imagenet-tiny-adm-8_val_codes"))
+    assert not (tmp_path / "results").exists()
+    with pytest.raises(ValueError, match="codebook_size 32"):  # the dataset class checks it too
+        INatLatentDataset(str(tmp_path / "imagenet-vq32-adm-8_codes"), vocab_size=64, block_size=16)
+
+
+def test_released_archive_names_stand_for_a_manifest(tmp_path):
+    """The released archives have no manifest: MaskGIT's (ids < 1024) would pass a 16384-vocabulary model's id
+    check, so their folder names say what made them. LlamaGen's archive trains a LlamaGen model as before."""
+    rng = np.random.default_rng(0)
+    for name, vocab in [("imagenet-maskgit-adm-256_codes", 1024), ("imagenet-llamagen-adm-256_codes", 16384)]:
+        (tmp_path / name / "0").mkdir(parents=True)
+        np.save(tmp_path / name / "0" / "0.npy", rng.integers(0, vocab, size=(2, 256)))
+    with pytest.raises(ValueError, match=r"imagenet-maskgit-adm-256_codes says codebook_size 1024 \(the model's "
+                                         r"vocab_size is 16384\)"):
+        INatLatentDataset(str(tmp_path / "imagenet-maskgit-adm-256_codes"), vocab_size=16384, block_size=256)
+    assert len(INatLatentDataset(str(tmp_path / "imagenet-llamagen-adm-256_codes") + "/", vocab_size=16384,
+                                 block_size=256)) == 1
+    assert len(INatLatentDataset(str(tmp_path / "imagenet-maskgit-adm-256_codes"), vocab_size=1024,
+                                 block_size=256)) == 1

@@ -293,16 +293,178 @@ def test_cpu_bf16_autocast_matches_reference_and_attends_in_float32(ref_model, m
 
 
 def test_static_shape_and_compiled_decoding_match_the_dynamic_path():
-    """Padded fixed-size chunks over the whole cache (the torch.compile path) give the same tokens."""
+    """Fixed-size pieces over the whole cache (the torch.compile path) give the same tokens; pieces smaller than
+    a step's chunk (chunk_size=3) too. The compiled run uses inductor in CUDA's mode (CUDA graphs, skipped on CPU)."""
     model = random_model(11)
     order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(3)])
     cond, seeds, known = torch.tensor([1, 2, 3]), torch.tensor([7, 8, 9]), torch.randint(0, 64, (3, 3))
     for kw in [dict(num_inference_steps=6, cfg_scales=(1.0, 3.0)), dict(num_inference_steps=-1),
-               dict(num_inference_steps=4, known_tokens=known, cfg_scales=(2.0, 2.0))]:
-        ref, ref_logits = model.generate(cond, token_order=order, seeds=seeds, return_logits=True, **kw)
+               dict(num_inference_steps=4, known_tokens=known, cfg_scales=(2.0, 2.0)),
+               dict(num_inference_steps=2, chunk_size=3)]:
+        ref, ref_logits = model.generate(cond, token_order=order, seeds=seeds, return_logits=True,
+                                         **{k: v for k, v in kw.items() if k != "chunk_size"})
         ids, logits = model.generate(cond, token_order=order, seeds=seeds, return_logits=True, static_shapes=True, **kw)
         assert torch.equal(ids, ref)
         torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
     ref = model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=6, cfg_scales=(1.0, 3.0))
-    ids = model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=6, cfg_scales=(1.0, 3.0), compile=True)
+    ids = model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=6, cfg_scales=(1.0, 3.0),
+                         compile="reduce-overhead")
     assert torch.equal(ids, ref)
+    model.remove_caches()
+
+
+def test_static_cache_under_cpu_bf16_autocast_matches_the_dynamic_path():
+    """Under autocast k/v come out bf16 while the cache has the weights' dtype (float32): the static path's
+    index_copy_ must cast them as the dynamic path's slice assignment does."""
+    model = random_model(12)
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    cond = torch.tensor([4, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, ref_logits = model.generate(cond, token_order=order, num_inference_steps=6, cfg_scales=(1.0, 3.0),
+                                         top_k=1, return_logits=True)
+        ids, logits = model.generate(cond, token_order=order, num_inference_steps=6, cfg_scales=(1.0, 3.0),
+                                     top_k=1, return_logits=True, static_shapes=True)
+    assert model.layers[0].attention.kv_cache is None
+    torch.testing.assert_close(logits, ref_logits, atol=0.05, rtol=0.02)  # bf16 rounding of different shapes
+    assert torch.equal(ids, ref)
+
+
+def _eager_compile(monkeypatch, modes):
+    """torch.compile through dynamo with the "eager" backend (no inductor build: seconds, not minutes); dynamo's
+    guards and recompiles, which these tests are about, are the real ones. Records the modes asked for."""
+    import RandAR.model.generate as gen
+    monkeypatch.setattr(gen, "COMPILE_BACKEND", "inductor")  # so that generate asks for a mode
+    real_compile = torch.compile
+
+    def compile_eager(fn, dynamic=None, mode=None, fullgraph=False):
+        modes.append(mode)
+        return real_compile(fn, dynamic=dynamic, fullgraph=fullgraph, backend="eager")
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    torch._dynamo.reset()
+
+
+def test_static_decoding_has_one_shape_per_batch_whatever_the_step_count(monkeypatch):
+    """Every static piece has the same shape for any step count or known prefix, so the compiled step is
+    built once per batch size; timed calls at other step counts then never recompile."""
+    import torch._dynamo
+    model = random_model(13)
+    shapes = set()
+    real_step = model.decode_step_static
+
+    def recording_step(x, f, pos):
+        shapes.add((tuple(x.shape), tuple(f.shape), tuple(pos.shape),
+                    tuple(model.layers[0].attention.kv_cache.k.shape)))
+        return real_step(x, f, pos)
+    monkeypatch.setattr(model, "decode_step_static", recording_step)
+    cond, known = torch.tensor([1, 2, 3]), torch.randint(0, 64, (3, 5))
+    for kw in [dict(num_inference_steps=-1), dict(num_inference_steps=6), dict(num_inference_steps=3),
+               dict(num_inference_steps=2, known_tokens=known)]:
+        model.generate(cond, cfg_scales=(1.0, 3.0), static_shapes=True, **kw)
+    assert len(shapes) == 1, shapes
+    monkeypatch.undo()
+
+    modes = []
+    _eager_compile(monkeypatch, modes)
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(3)])
+    seeds = torch.tensor([7, 8, 9])
+    model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=8, compile=True)  # warm-up
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for steps in (-1, 6, 3):
+            ref = model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=steps)
+            assert torch.equal(model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=steps,
+                                              compile=True), ref)
+    assert modes == ["default"]  # built once, in the mode compile=True means on CPU
+    model.remove_caches()
+
+
+def test_compiled_calls_reuse_one_kv_cache_per_batch_and_length(monkeypatch):
+    """CUDA graphs replay on fixed addresses: compiled calls keep one cache per (batch, length) and reuse it,
+    also when calls alternate between two grids (resolution extrapolation), without recompiling; eager calls
+    keep nothing. Kept caches are no buffers of the model (checkpoints, EMA and DDP never see them), and
+    "reduce-overhead" (CUDA graphs, skipped on CPU) gives the eager path's tokens."""
+    import torch._dynamo
+    from RandAR.model.rope import precompute_freqs_cis_2d
+    _eager_compile(monkeypatch, [])
+    model = random_model(14)
+    keys, n_buffers = set(model.state_dict()), len(list(model.buffers()))
+    seen = []
+    real_setup = model.setup_caches
+
+    def recording_setup(*args, **kw):
+        real_setup(*args, **kw)
+        seen.append(model.layers[0].attention.kv_cache.k.data_ptr())
+    monkeypatch.setattr(model, "setup_caches", recording_setup)
+    cond, seeds = torch.tensor([1, 2]), torch.tensor([1, 2])
+    big = precompute_freqs_cis_2d(5, model.head_dim, model.rope_base, model.cls_token_num)
+    big_order = torch.stack([torch.randperm(25, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    calls = [dict(), dict(freqs_cis=big, token_order=big_order)]
+    ref = [model.generate(cond, num_inference_steps=6, seeds=seeds, generator=torch.Generator().manual_seed(0), **kw)
+           for kw in calls]
+    assert model._kv_caches == {} and model.layers[0].attention.kv_cache is None
+    seen.clear()
+    for _ in range(2):
+        with torch._dynamo.config.patch(error_on_recompile=bool(seen)):
+            for r, kw in zip(ref, calls):
+                ids = model.generate(cond, num_inference_steps=6, seeds=seeds, compile="reduce-overhead",
+                                     generator=torch.Generator().manual_seed(0), **kw)
+                assert torch.equal(ids, r)
+    assert seen[:2] == seen[2:] and seen[0] != seen[1]
+    assert len(model._kv_caches) == 2 and model.layers[0].attention.kv_cache is None
+    assert set(model.state_dict()) == keys and len(list(model.buffers())) == n_buffers
+    model.remove_caches()
+    assert model._kv_caches == {}
+
+
+def test_rope_table_moves_with_the_model_and_stays_float32():
+    """model.to(device) moves the RoPE table once (the compiled training forward must not move or reassign it),
+    a dtype cast leaves it float32, and it stays out of the state dict."""
+    model = random_model(15)
+    keys = set(model.state_dict())
+    model.to(torch.bfloat16)
+    assert model.freqs_cis.dtype == torch.float32
+    model.to("meta")
+    assert model.freqs_cis.device.type == "meta" and model.freqs_cis.dtype == torch.float32
+    assert set(model.state_dict()) == keys
+    with torch.device("meta"):  # built without memory, then materialised: the table is computed, not copied
+        model = RandARTransformer(**tiny_args())
+    model.to_empty(device="cpu")
+    torch.testing.assert_close(model.freqs_cis, random_model(15).freqs_cis, atol=0, rtol=0)
+
+
+def test_compile_flag_of_the_sampling_tools_reaches_generate(monkeypatch, tmp_path):
+    """--compile of sample_c2i.py (add_sampling_args: also the CFG search and resolution extrapolation) and of
+    inpaint/outpaint (add_editing_args) runs the compiled static decode step; the images stay the same."""
+    import glob
+
+    import numpy as np
+    from PIL import Image
+
+    from helpers import load_script
+    modes = []
+    _eager_compile(monkeypatch, modes)
+    weights = ["--config", os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml"),
+               "--gpt-ckpt", os.path.join(FIX, "randar_tiny.safetensors"),
+               "--vq-ckpt", os.path.join(FIX, "vq_tiny.safetensors"), "--cfg-scales", "1.0,3.0"]
+    sample_c2i = load_script("sample_c2i.py")
+    packs = []
+    for name, extra in [("eager", []), ("compiled", ["--compile"])]:
+        sample_c2i.main(weights + ["--exp-name", "t", "--num-fid-samples", "4", "--per-proc-batch-size", "2",
+                                   "--sample-dir", str(tmp_path / name), *extra])
+        assert modes == ([] if name == "eager" else ["default"])
+        (pack,) = glob.glob(str(tmp_path / name / "*.npz"))
+        packs.append(np.load(pack)["arr_0"])
+    assert np.array_equal(*packs)
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(np.repeat(np.array([0, 255], dtype=np.uint8), 4)[None].repeat(8, 0)).save(tmp_path / "mask.png")
+    inpaint = load_script("tools/inpaint.py")
+    images = []
+    for name, extra in [("eager", []), ("compiled", ["--compile"])]:
+        modes.clear()
+        inpaint.main(weights + ["--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                                "--class-id", "3", "--num-samples", "2", "--output-dir", str(tmp_path / f"in_{name}"),
+                                *extra])
+        assert modes == ([] if name == "eager" else ["default"])
+        images.append(np.asarray(Image.open(tmp_path / f"in_{name}" / "in_inpaint_001.png")))
+    assert np.array_equal(*images)

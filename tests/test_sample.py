@@ -1,5 +1,6 @@
 """sample_c2i.py with a tiny random RandAR: the same images on 1 or 2 processes and at any batch size, resume
 after a partial run, per-index labels and seeds, the --debug grid, the .npz packing."""
+import json
 import os
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from RandAR.utils import sample_io
-from RandAR.utils.distributed import create_npz_from_sample_folder
+from safetensors.torch import load_file, save_file
+
+from RandAR.utils import run_stamp, sample_io
+from RandAR.utils.distributed import DistInfo, create_npz_from_sample_folder
 from helpers import load_script, write_tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +22,7 @@ CONFIG = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 N = 10
 RUN = "tiny-gpt-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-0"  # 4x4 tokens x2 = 8px, the config's 6 steps
+DIST = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 sample_c2i = load_script("sample_c2i.py")
@@ -57,9 +61,14 @@ def plain(weights, tmp_path_factory):
     return d, npz(d)
 
 
-def test_plain_run_layout(plain):
+def test_plain_run_layout(plain, weights):
     d, images = plain
     assert sorted(os.listdir(d / RUN)) == [f"{i:06d}.png" for i in range(N)]  # exactly N, no temporaries
+    assert sorted(os.listdir(d)) == [RUN, f"{RUN}.npz", f"{RUN}.stamp.json"]
+    stamp = json.load(open(d / f"{RUN}.stamp.json"))
+    assert stamp["gpt_ckpt"] == run_stamp.file_fingerprint(str(weights / "gpt.safetensors"))
+    assert stamp["vq_ckpt"] == run_stamp.file_fingerprint(str(weights / "vq.safetensors"))
+    assert stamp["sampling"]["cfg_scales"] == [1.0, 3.0] and stamp["config"]["ar_model"]["params"]["vocab_size"] == 64
     assert images.dtype == np.uint8 and images.shape == (N, 8, 8, 3)
     for i in range(N):
         np.testing.assert_array_equal(np.asarray(Image.open(d / RUN / f"{i:06d}.png")), images[i])
@@ -89,6 +98,7 @@ def test_batch_size_does_not_change_images(weights, plain, tmp_path):
 def test_resume_makes_only_the_missing_images(weights, plain, tmp_path, monkeypatch):
     src, images = plain
     shutil.copytree(src / RUN, tmp_path / RUN)
+    shutil.copy(src / f"{RUN}.stamp.json", tmp_path)
     deleted = [1, 6, 9]
     for i in deleted:
         os.remove(tmp_path / RUN / f"{i:06d}.png")
@@ -113,6 +123,82 @@ def test_resume_makes_only_the_missing_images(weights, plain, tmp_path, monkeypa
     np.testing.assert_array_equal(npz(tmp_path), images)
 
 
+@pytest.fixture(scope="module")
+def other_weights(weights, tmp_path_factory):
+    """Another model under the same file names (as every training's iters_XXXXXXXX.safetensors)."""
+    d = tmp_path_factory.mktemp("other")
+    state = load_file(str(weights / "gpt.safetensors"))
+    state["output.weight"] = state["output.weight"].flip(0).contiguous()
+    save_file(state, str(d / "gpt.safetensors"))
+    shutil.copy(weights / "vq.safetensors", d)
+    return d
+
+
+def test_same_file_name_other_checkpoint_does_not_resume(weights, other_weights, plain, tmp_path, monkeypatch):
+    _, images = plain
+    sample_c2i.main(flags(weights, tmp_path))  # the first model's run
+    made = []
+    original = sample_io.sample_images
+    monkeypatch.setattr(sample_io, "sample_images",
+                        lambda m, t, indices, spec: made.extend(indices) or original(m, t, indices, spec))
+    before = sorted(os.listdir(tmp_path / RUN))
+
+    with pytest.raises(SystemExit, match=r"^error: .*stamp\.json records another sampling run \(gpt_ckpt: .*--force"):
+        sample_c2i.main(flags(other_weights, tmp_path))
+    assert made == [] and sorted(os.listdir(tmp_path / RUN)) == before  # stopped before any work
+    np.testing.assert_array_equal(npz(tmp_path), images)  # the first model's pack is left alone
+
+    # --force: the run starts afresh with the other model; a fresh run of that model gives the same images.
+    sample_c2i.main(flags(other_weights, tmp_path, "--force"))
+    assert sorted(made) == list(range(N))
+    fresh = tmp_path / "fresh"
+    sample_c2i.main(flags(other_weights, fresh))
+    np.testing.assert_array_equal(npz(tmp_path), npz(fresh))
+    assert not np.array_equal(npz(tmp_path), images)
+
+    made.clear()  # the same inputs again: a resume, nothing sampled
+    sample_c2i.main(flags(other_weights, tmp_path))
+    assert made == []
+    stamp = json.load(open(tmp_path / f"{RUN}.stamp.json"))
+    stamp["sampling"]["top_k"] = 3  # any setting that changes the images, whether the run name shows it or not
+    with pytest.raises(SystemExit, match=r"\(sampling\.top_k: 0 there, 3 now\); pass --force"):
+        sample_io.claim_run_folder(str(tmp_path / RUN), stamp, DIST)
+
+
+def test_outputs_without_a_stamp_are_not_resumed(weights, plain, tmp_path):
+    src, _ = plain
+    shutil.copytree(src / RUN, tmp_path / RUN)  # e.g. made by an older version: nothing says what made them
+    with pytest.raises(SystemExit, match="exist without a record of what made them.*--force"):
+        sample_c2i.main(flags(weights, tmp_path))
+    assert not (tmp_path / f"{RUN}.npz").exists()
+
+
+@pytest.mark.parametrize("flag", ["--gpt-ckpt", "--vq-ckpt"])
+def test_missing_checkpoint_fails_before_building(weights, tmp_path, monkeypatch, capsys, flag):
+    built = []
+    monkeypatch.setattr(sample_io, "build_randar", lambda *a, **k: built.append(a))
+    argv = flags(weights, tmp_path / "out")
+    argv[argv.index(flag) + 1] = str(tmp_path / "nowhere.safetensors")
+    with pytest.raises(SystemExit) as e:
+        sample_c2i.main(argv)
+    assert str(e.value) == f"error: {flag} {tmp_path / 'nowhere.safetensors'} not found"
+    assert built == [] and not (tmp_path / "out").exists()
+
+
+def test_fingerprint_is_content_not_name(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    big = np.random.default_rng(0).integers(0, 256, size=3 * run_stamp.FINGERPRINT_CHUNKS
+                                            * run_stamp.FINGERPRINT_CHUNK_BYTES, dtype=np.uint8)
+    a.write_bytes(big.tobytes())
+    b.write_bytes(big.tobytes())
+    assert run_stamp.file_fingerprint(str(a)) == run_stamp.file_fingerprint(str(b))
+    big[-1] ^= 1  # a change in the last byte: the last chunk is read
+    b.write_bytes(big.tobytes())
+    assert run_stamp.file_fingerprint(str(a)) != run_stamp.file_fingerprint(str(b))
+    b.write_bytes(big.tobytes()[:-1])
+    assert run_stamp.file_fingerprint(str(b)).startswith(f"{big.size - 1}:")
+
+
 def test_class_labels_and_seeds():
     idx = list(range(1000))
     random = sample_io.class_labels(idx, 10, 0)
@@ -132,7 +218,7 @@ def test_class_labels_and_seeds():
 
 def test_debug_writes_one_grid(weights, tmp_path):
     sample_c2i.main(flags(weights, tmp_path, "--debug", batch=3))
-    assert os.listdir(tmp_path) == [f"{RUN}-debug.png"]  # no sample folder, no .npz
+    assert os.listdir(tmp_path) == [f"{RUN}-debug.png"]  # no sample folder, no .npz, no stamp
     grid = np.asarray(Image.open(tmp_path / f"{RUN}-debug.png"))
     assert grid.shape == (2 * 10 + 2, 2 * 10 + 2, 3)  # 3 images of 8px: 2x2 cells with 2px padding
 
@@ -146,8 +232,8 @@ def test_eval_size_and_name(weights, tmp_path):
 
 
 def test_clear_errors(weights, tmp_path):
-    with pytest.raises(SystemExit, match="randar_xl_0.7b_llamagen.yaml"):  # the documentation's config name
-        sample_c2i.main(flags(weights, tmp_path)[:2] + ["--config", "configs/randar/randar_xl_0.7b.yaml"]
+    with pytest.raises(SystemExit, match="randar_xl_0.7b_llamagen.yaml"):  # a misspelt config name
+        sample_c2i.main(flags(weights, tmp_path)[:2] + ["--config", "configs/randar/randar_xl_0.7b_llamgen.yaml"]
                         + flags(weights, tmp_path)[4:])
     with pytest.raises(SystemExit, match="decodes 4x4 tokens into 8px"):
         sample_c2i.main(flags(weights, tmp_path, "--image-size", "256"))

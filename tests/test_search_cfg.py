@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file, save_file
 
 from RandAR.eval import fid
 from RandAR.utils import sample_io
@@ -136,8 +137,58 @@ def test_missing_inception_graph_fails_before_sampling(setup, counters, tmp_path
     assert counters["sampled"] == 0 and not (tmp_path / "r.json").exists()
 
 
-def test_resolution_extrapolation_flags_fail_clearly(setup, capsys):
-    argv = flags(setup, "r.json") + ["--cfg-scales", "3.0,3.0", "--spatial-cfg-scales", "2.5,2.5", "--debug"]
-    with pytest.raises(SystemExit):
-        search.parse_args(argv)
-    assert "resolution-extrapolation" in capsys.readouterr().err
+def test_resolution_extrapolation_flags_with_search_flags_fail_clearly(setup, counters, tmp_path):
+    """main() hands --cfg-scales/--spatial-cfg-scales to resolution-extrapolation sampling (the documented command,
+    tests/test_applications.py); search flags given with them would be ignored there, so main() stops first."""
+    argv = flags(setup, tmp_path / "r.json") + ["--cfg-scales", "3.0,3.0", "--spatial-cfg-scales", "2.5,2.5"]
+    with pytest.raises(SystemExit) as e:
+        search.main(argv)
+    message = str(e.value)
+    assert message.startswith("error: --cfg-scales-search, --cfg-scales-interval, --num-fid-samples-search, ")
+    assert "--ref-path" in message and "--results-path" in message and "resolution-extrapolation" in message
+    assert "--gpt-ckpt" not in message and "--sample-dir" not in message  # the flags both take are fine
+    assert counters["sampled"] == 0 and not os.listdir(tmp_path)
+
+
+def other_checkpoint(d, folder):
+    """Another model saved as gpt.safetensors: the same file name, as every training's iters_XXXXXXXX exports."""
+    folder.mkdir()
+    state = load_file(str(d / "gpt.safetensors"))
+    state["output.weight"] = state["output.weight"].flip(0).contiguous()
+    save_file(state, str(folder / "gpt.safetensors"))
+    return folder / "gpt.safetensors"
+
+
+def test_other_checkpoint_of_the_same_name_does_not_resume(setup, counters, tmp_path):
+    d = setup
+    argv = flags(d, tmp_path / "res") + ["--sample-dir", str(tmp_path / "samples")]
+    search.main(argv)
+    [results] = list((tmp_path / "res").iterdir())
+    first = json.loads(results.read_text())
+    counters["sampled"] = 0
+    counters["evaluated"].clear()
+
+    other = str(other_checkpoint(d, tmp_path / "other"))
+    argv_other = list(argv)
+    argv_other[argv_other.index("--gpt-ckpt") + 1] = other
+    with pytest.raises(SystemExit, match=r"^error: .*search\.json holds results made with other settings "
+                                         r"\(gpt_ckpt: .*--force"):
+        search.main(argv_other)
+    # A fresh results file, but the sample folders are the first model's: those stop it too.
+    fresh = list(argv_other)
+    fresh[fresh.index("--results-path") + 1] = str(tmp_path / "fresh.json")
+    with pytest.raises(SystemExit, match=r"stamp\.json records another sampling run \(gpt_ckpt: "):
+        search.main(fresh)
+    assert counters["sampled"] == 0 and counters["evaluated"] == []
+    assert json.loads(results.read_text()) == first
+
+    search.main(argv_other + ["--force"])  # afresh: every scale sampled and evaluated again with the other model
+    assert counters["sampled"] == 8 + 8 + 12 - 8  # the final run reuses its scale's search images
+    redone = json.loads(results.read_text())
+    assert redone["settings"]["gpt_ckpt"] != first["settings"]["gpt_ckpt"]
+    assert [v["fid"] for v in redone["search"].values()] != [v["fid"] for v in first["search"].values()]
+
+    counters["sampled"] = 0
+    counters["evaluated"].clear()
+    search.main(argv_other)  # the same inputs: everything is recorded, nothing to do
+    assert counters["sampled"] == 0 and counters["evaluated"] == []

@@ -350,7 +350,8 @@ def test_clip_and_check_skips_bad_updates():
     import train_c2i
     acc = Accelerator(cpu=True)
     model = torch.nn.Linear(3, 1, bias=False)
-    opt_cfg = OmegaConf.create({"max_grad_norm": 1.0, "skip_grad_iter": 5, "skip_grad_norm": 10.0})
+    opt_cfg = OmegaConf.create({"max_grad_norm": 1.0, "skip_grad_iter": 5, "skip_grad_norm": 10.0,
+                                "skip_grad_rule": "global_norm"})  # the rules: tests/test_train_step.py
 
     def check(grad, step, loss=1.0, stop=False):
         model.weight.grad = torch.full_like(model.weight, grad)

@@ -12,7 +12,16 @@ every scale and a re-run skips the scales already in it. Then sample --num-fid-s
 scale with the lowest FID (its first images are the search's: an image depends on its index only) and record
 the final numbers. One process group for the whole run: sampling is spread over the ranks, rank 0 evaluates.
 
---results-path: a .json file, or a folder that gets <exp-name>-<ckpt>-...-search.json.
+--results-path: a .json file, or a folder that gets <exp-name>-<ckpt>-...-search.json. Its `settings` record
+what the numbers depend on (content fingerprints of the checkpoints and of the reference batch, the resolved
+config, the sampling settings, the evaluator); a re-run resumes from the file only when they are equal, and
+otherwise stops naming the fields that differ. Each scale's sample folder has its own stamp (as sample_c2i.py).
+--force starts afresh: the results file and the sample folders of this run are removed and made again.
+
+With --cfg-scales a,b --spatial-cfg-scales c,d (documentation section 6) this script runs resolution-
+extrapolation sampling instead (RandAR.applications.extrapolation_sampling, as tools/resolution_extrapolation.py),
+which takes none of the search's own flags.
+
 --evaluator: `adm` (ADM's TF Inception-v3, graph from --evaluator-path / $RANDAR_INCEPTION_PATH), `toy` (the CPU
 quickstart's classifier, checkpoint from --evaluator-path), or the dotted path of any class whose no-argument
 instance has RandAR.eval.fid.FeatureExtractor's `pool_features` (see RandAR/eval/extractors.py).
@@ -32,15 +41,19 @@ from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
 from RandAR.eval.extractors import EVALUATORS, build_extractor  # noqa: E402
 from RandAR.utils.distributed import (broadcast_object, cleanup, create_npz_from_sample_folder,  # noqa: E402
                                       init_distributed)
-from RandAR.utils.sample_io import (add_sampling_args, ckpt_name, load_models, parse_pair,  # noqa: E402
-                                    sample_to_folder, save_debug_grid, spec_from_args)
+from RandAR.utils.run_stamp import (StampMismatchError, differences_text, file_fingerprint,  # noqa: E402
+                                    remove_outputs, write_json_atomic)
+from RandAR.utils.sample_io import (add_sampling_args, check_inputs, ckpt_name, load_models, parse_pair,  # noqa: E402
+                                    run_stamp_of, sample_to_folder, save_debug_grid, spec_from_args)
 
 # Ranks wait in a collective while rank 0 packs and evaluates (50k images with precision/recall: long).
 EVAL_TIMEOUT = timedelta(hours=6)
+# StampMismatchError (a run stamp that differs) is a ValueError.
 USER_ERRORS = (FileNotFoundError, ValueError, ImportError, CheckpointMismatchError)
+EXTRAPOLATION_FLAGS = ("--cfg-scales", "--spatial-cfg-scales")  # these run resolution extrapolation instead
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(p)
     p.add_argument("--cfg-scales-search", default="2.0,8.0", help="lowest,highest final CFG scale to try")
@@ -57,13 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--eval-backend", default="tf", choices=fid.BACKENDS,
                    help="adm: run the Inception graph with TensorFlow or PyTorch (no TensorFlow; CUDA if available)")
     p.add_argument("--eval-batch-size", type=int, default=64, help="images per feature-extractor call")
-    p.add_argument("--cfg-scales", default=None, help="resolution extrapolation (with --spatial-cfg-scales)")
-    p.add_argument("--spatial-cfg-scales", default=None, help="resolution extrapolation (with --cfg-scales)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
-    if args.cfg_scales is not None or args.spatial_cfg_scales is not None:
-        p.error("--cfg-scales/--spatial-cfg-scales run resolution-extrapolation sampling (documentation section 6, "
-                "tools/resolution_extrapolation.py), which takes none of the search flags. "
-                "To sample at one CFG scale use sample_c2i.py --cfg-scales a,b.")
     if args.ref_path is None and not args.debug:
         p.error("--ref-path (the reference .npz, e.g. VIRTUAL_imagenet256_labeled.npz) is required")
     return args
@@ -87,42 +99,70 @@ def results_file(args, spec, ckpt: str) -> str:
     return os.path.join(args.results_path, f"{spec.run_name(args.exp_name, ckpt, with_cfg=False)}-search.json")
 
 
-def run_settings(args, spec) -> dict:
-    """What the recorded numbers depend on besides the scale; a re-run must match them to reuse the file."""
-    s = {k: v for k, v in vars(spec).items() if k != "cfg_scales"}
-    s.update(exp_name=args.exp_name, gpt_ckpt=ckpt_name(args.gpt_ckpt), config=os.path.basename(args.config),
-             num_fid_samples_search=args.num_fid_samples_search, ref_path=os.path.basename(args.ref_path),
-             evaluator=args.evaluator)
+def run_settings(args, inputs, spec) -> dict:
+    """What the recorded numbers depend on besides the scale (a run stamp, RandAR.utils.run_stamp); a re-run
+    must match them to reuse the file."""
+    s = run_stamp_of(inputs, spec)
+    del s["sampling"]["cfg_scales"]
+    evaluator_file = args.evaluator_path if args.evaluator_path and os.path.isfile(args.evaluator_path) else None
+    s.update(exp_name=args.exp_name, num_fid_samples_search=args.num_fid_samples_search,
+             ref_path=file_fingerprint(args.ref_path), evaluator=args.evaluator,
+             evaluator_path=file_fingerprint(evaluator_file) if evaluator_file else None)
     return s
 
 
-def load_results(path: str, settings: dict) -> dict:
-    """The results so far (a fresh record when none); an error when they were made with other settings."""
+def load_results(path: str, settings: dict, force: bool = False) -> dict:
+    """The results so far (a fresh record when none, or with `force`); an error when they were made with other
+    settings, naming them."""
+    if force:
+        remove_outputs([path])
     if not os.path.isfile(path):
         return {"settings": settings, "search": {}}
     with open(path) as f:
         results = json.load(f)
-    diff = {k: (results["settings"].get(k), v) for k, v in settings.items() if results["settings"].get(k) != v}
+    diff = differences_text(results.get("settings", {}), settings)
     if diff:
-        lines = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
-        raise ValueError(f"{path} holds results made with other settings ({lines}); pass another --results-path "
-                         f"or remove it")
+        raise StampMismatchError(f"{path} holds results made with other settings ({diff}); pass --force "
+                                 f"to start the search afresh (removes them), or another --results-path")
     return results
 
 
-def write_json_atomic(obj, path: str):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def check_and_build_extractor(args):
-    """The feature extractor of --evaluator; also checks the reference batch exists, before any sampling."""
-    if not os.path.isfile(args.ref_path):
-        raise FileNotFoundError(f"reference batch {args.ref_path} not found (--ref-path)")
+    """The feature extractor of --evaluator, before any sampling."""
     return build_extractor(args.evaluator, args.evaluator_path, backend=args.eval_backend)
+
+
+def check_search_inputs(args):
+    """The checks that need no model: the sampling inputs, the reference batch, the scale grid."""
+    if not args.debug and not os.path.isfile(args.ref_path):
+        raise FileNotFoundError(f"reference batch {args.ref_path} not found (--ref-path)")
+    scales = scale_grid(*parse_pair(args.cfg_scales_search, "--cfg-scales-search"), args.cfg_scales_interval)
+    return check_inputs(args), scales
+
+
+def search_only_flags() -> set:
+    """Flags of the search that resolution-extrapolation sampling does not take."""
+    from RandAR.applications.extrapolation_sampling import add_extrapolation_args
+
+    extrapolation = argparse.ArgumentParser(add_help=False)
+    add_sampling_args(extrapolation)
+    add_extrapolation_args(extrapolation)
+    options = lambda parser: {o for action in parser._actions for o in action.option_strings}  # noqa: E731
+    return options(build_parser()) - options(extrapolation)
+
+
+def run_extrapolation(argv):
+    """The documented resolution-extrapolation command (section 6) names this script: run it, unless search-only
+    flags came with it (say which, rather than the extrapolation parser's bare "unrecognized arguments")."""
+    from RandAR.applications.extrapolation_sampling import main as extrapolation_main
+
+    given = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in search_only_flags()]
+    if given:
+        sys.exit(f"error: {', '.join(given)}: with {' / '.join(EXTRAPOLATION_FLAGS)} this script runs "
+                 f"resolution-extrapolation sampling (documentation section 6), which takes none of the CFG "
+                 f"search's flags; drop them, or drop {' / '.join(EXTRAPOLATION_FLAGS)} to search "
+                 f"(sample_c2i.py --cfg-scales a,b samples at one scale)")
+    return extrapolation_main(argv)
 
 
 def on_main(dist, fn):
@@ -140,10 +180,11 @@ def on_main(dist, fn):
     return value
 
 
-def sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, num: int, ckpt: str) -> dict:
+def sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, num: int, ckpt: str, stamp: dict,
+                        force: bool) -> dict:
     """Sample `num` images at `spec` over all ranks; rank 0 packs and evaluates them (None on other ranks)."""
     folder = os.path.join(args.sample_dir, spec.run_name(args.exp_name, ckpt))
-    sample_to_folder(model, tokenizer, spec, folder, num, args.per_proc_batch_size, dist)
+    sample_to_folder(model, tokenizer, spec, folder, num, args.per_proc_batch_size, dist, stamp, force=force)
 
     def evaluate():
         npz = create_npz_from_sample_folder(folder, num, f"{folder}-{num}.npz")
@@ -157,14 +198,16 @@ def main(argv=None):
     # Resolution extrapolation (documentation section 6): the documented command gives this script --cfg-scales
     # and --spatial-cfg-scales; those arguments are run by tools/resolution_extrapolation.py's code instead.
     argv = sys.argv[1:] if argv is None else list(argv)
-    if {a.split("=", 1)[0] for a in argv} & {"--cfg-scales", "--spatial-cfg-scales"}:
-        from RandAR.applications.extrapolation_sampling import main as extrapolation_main
-        return extrapolation_main(argv)
+    if {a.split("=", 1)[0] for a in argv} & set(EXTRAPOLATION_FLAGS):
+        return run_extrapolation(argv)
     args = parse_args(argv)
+    try:
+        inputs, scales = check_search_inputs(args)  # before anything is built or written
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
     dist = init_distributed(timeout=EVAL_TIMEOUT)
     try:
-        model, tokenizer = load_models(args, dist.device)
-        scales = scale_grid(*parse_pair(args.cfg_scales_search, "--cfg-scales-search"), args.cfg_scales_interval)
+        model, tokenizer = load_models(args, dist.device, inputs)
         base = spec_from_args(args, model, tokenizer, (1.0, scales[-1]), dist.device)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
@@ -180,15 +223,22 @@ def main(argv=None):
         return
 
     path = results_file(args, base, ckpt)
-    results = on_main(dist, lambda: load_results(path, run_settings(args, base)))
+    results = on_main(dist, lambda: load_results(path, run_settings(args, inputs, base), args.force))
     extractor = on_main(dist, lambda: check_and_build_extractor(args))  # fails before any sampling, not after it
     todo = broadcast_object([s for s in scales if scale_key(s) not in results["search"]] if dist.is_main else None)
     if dist.is_main:
         print(f"CFG scales {scales}: {len(scales) - len(todo)} already in {path}", flush=True)
+    forced = set()  # with --force, each sample folder is started afresh once (the final run reuses a search's)
+
+    def run_scale(scale, num):
+        spec = replace(base, cfg_scales=(1.0, scale))
+        force = args.force and scale not in forced
+        forced.add(scale)
+        return sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, num, ckpt,
+                                   run_stamp_of(inputs, spec), force)
 
     for s in todo:
-        spec = replace(base, cfg_scales=(1.0, s))
-        out = sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, args.num_fid_samples_search, ckpt)
+        out = run_scale(s, args.num_fid_samples_search)
         if dist.is_main:
             results["search"][scale_key(s)] = out
             write_json_atomic(results, path)
@@ -200,8 +250,7 @@ def main(argv=None):
     done = broadcast_object(final is not None and final["cfg_scales"][-1] == best
                             and final["num_samples"] == args.num_fid_samples_final)
     if not done:
-        spec = replace(base, cfg_scales=(1.0, best))
-        out = sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, args.num_fid_samples_final, ckpt)
+        out = run_scale(best, args.num_fid_samples_final)
         if dist.is_main:
             results.update(best_cfg_scale=best, final=out)
             write_json_atomic(results, path)

@@ -17,7 +17,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,6 +24,8 @@ from RandAR.dataset.imagenet import decode_rgb  # noqa: E402
 from RandAR.dataset.toy import encode_jpeg, load_tar_arrays  # noqa: E402
 from RandAR.eval.toy_classifier import (ToyClassifier, ToyClassifierArgs, ToyExtractor,  # noqa: E402
                                         save_classifier)
+from RandAR.utils.versions import require_versions  # noqa: E402
+from RandAR.utils.progress import progress  # noqa: E402
 
 JPEG_QUALITY_RANGE = (10, 40)  # of the degraded training copies
 
@@ -116,7 +117,7 @@ def main(argv=None) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     model.train()
     t0 = time.time()
-    pbar = tqdm(range(args.iterations), dynamic_ncols=True)
+    pbar = progress(range(args.iterations), dynamic_ncols=True)
     for step in pbar:
         idx = torch.randint(len(x_all), (args.batch_size,), generator=g)
         use_jpeg = (torch.rand(args.batch_size, generator=g) < args.degrade_prob / 2)[:, None, None, None]
@@ -146,4 +147,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    require_versions(accelerate=False)
     main()

@@ -17,7 +17,6 @@ import time
 
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,6 +24,9 @@ from RandAR.dataset.builder import build_dataset  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.utils import tokenizer_training as tt  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
+from RandAR.utils.config_schema import ConfigError  # noqa: E402
+from RandAR.utils.versions import require_versions  # noqa: E402
+from RandAR.utils.progress import progress  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -94,7 +96,7 @@ def main(argv=None) -> dict:
     meta = {"config": json.dumps(OmegaConf.to_container(cfg, resolve=True))}
 
     log = open(os.path.join(args.results_dir, "log.jsonl"), "a")
-    pbar = tqdm(range(start, targs.iterations), initial=start, total=targs.iterations, dynamic_ncols=True)
+    pbar = progress(range(start, targs.iterations), initial=start, total=targs.iterations, dynamic_ncols=True)
     t0 = time.time()
     for step in pbar:
         x = next(batches)
@@ -129,4 +131,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    require_versions(accelerate=False)
+    try:
+        main()
+    except ConfigError as e:  # a misspelt key or a wrong value: one line, no traceback
+        sys.exit(f"error: {e}")

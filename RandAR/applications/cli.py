@@ -8,7 +8,7 @@ import torch
 
 from RandAR.applications.editing import generate_with_known
 from RandAR.utils.checkpoint import CheckpointMismatchError
-from RandAR.utils.sample_io import PRECISIONS, image_seeds, load_models, parse_pair
+from RandAR.utils.sample_io import PRECISIONS, add_compile_arg, image_seeds, load_models, parse_pair
 
 # Errors with a message meant for the user: the tools print it and exit with status 1.
 USER_ERRORS = (FileNotFoundError, ValueError, CheckpointMismatchError)
@@ -38,6 +38,7 @@ def add_editing_args(p: argparse.ArgumentParser, default_output_dir: str):
     p.add_argument("--top-k", type=int, default=0, help="0 = no top-k filtering")
     p.add_argument("--top-p", type=float, default=1.0, help="1.0 = no nucleus filtering")
     p.add_argument("--output-dir", default=default_output_dir)
+    add_compile_arg(p)
 
 
 def load_for_editing(args):

@@ -12,8 +12,9 @@ plus, with --spatial-cfg-scales > 1, spatial CFG (a third branch that hides --sp
 low-resolution context). --num-inference-steps applies to each of the two passes (default: the config's;
 -1 or at least the token count: one token per step).
 
-Writes <sample-dir>/<run-name>/{i:06d}.png and <sample-dir>/<run-name>.npz like sample_c2i.py (resumable,
-the same images on any number of processes; plain `python` runs one process). --debug writes
+Writes <sample-dir>/<run-name>/{i:06d}.png, <sample-dir>/<run-name>.npz and the run's stamp like sample_c2i.py
+(resumable when the stamp matches, --force to start afresh; the same images on any number of processes; plain
+`python` runs one process). --debug writes
 <sample-dir>/<run-name>-debug.png, a grid of the first --per-proc-batch-size images, and stops. The
 documentation's `torchrun tools/search_cfg_weights.py ... --cfg-scales 3.0,3.0 --spatial-cfg-scales 2.5,2.5
 --num-inference-steps 1024 --debug` runs this.
@@ -34,8 +35,8 @@ from RandAR.applications.resolution_extrapolation import (extrapolation_grid, ex
                                                           generate_resolution_extrapolation)
 from RandAR.utils.checkpoint import CheckpointMismatchError
 from RandAR.utils.distributed import cleanup, init_distributed
-from RandAR.utils.sample_io import (PACK_TIMEOUT, SamplingSpec, add_sampling_args, class_labels, image_seeds,
-                                    load_models, parse_pair, resolve_precision, sample_run)
+from RandAR.utils.sample_io import (PACK_TIMEOUT, SamplingSpec, add_sampling_args, check_inputs, class_labels,
+                                    image_seeds, load_models, parse_pair, resolve_precision, sample_run)
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,23 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def spec_from_args(args, model, tokenizer, device: torch.device) -> ExtrapolationSpec:
-    """The flags, resolved against the model and checked."""
-    if model.position_order == "raster":
-        raise ValueError("resolution extrapolation needs a random-order model (position_order: random)")
+def check_flags(args):
+    """The checks that need no model, done before one is built."""
     if args.extrapolation_factor < 2:
         raise ValueError(f"--extrapolation-factor must be >= 2, got {args.extrapolation_factor}")
     if not 0.0 <= args.spatial_masking_ratio <= 1.0:
         raise ValueError(f"--spatial-masking-ratio must be in [0, 1], got {args.spatial_masking_ratio}")
+    if args.per_proc_batch_size < 1:
+        raise ValueError(f"--per-proc-batch-size must be >= 1, got {args.per_proc_batch_size}")
+    parse_pair(args.cfg_scales, "--cfg-scales")
+    parse_pair(args.spatial_cfg_scales, "--spatial-cfg-scales")
+
+
+def spec_from_args(args, model, tokenizer, device: torch.device) -> ExtrapolationSpec:
+    """The flags, resolved against the model and checked."""
+    check_flags(args)
+    if model.position_order == "raster":
+        raise ValueError("resolution extrapolation needs a random-order model (position_order: random)")
     extrapolation_rope(model, args.extrapolation_factor, args.ntk_boundary)  # checks --ntk-boundary
     grid = extrapolation_grid(model, args.extrapolation_factor)
     native = grid * tokenizer.downsample_factor
@@ -111,8 +121,6 @@ def spec_from_args(args, model, tokenizer, device: torch.device) -> Extrapolatio
     if max(cfg_scales[-1], spatial[-1]) > 1.0 and not model.cls_embedding.has_null_class:
         raise ValueError("this model has no null class (class_dropout_prob=0), so no guidance; use "
                          "--cfg-scales 1.0,1.0 --spatial-cfg-scales 1.0,1.0")
-    if args.per_proc_batch_size < 1:
-        raise ValueError(f"--per-proc-batch-size must be >= 1, got {args.per_proc_batch_size}")
     steps = model.num_inference_steps if args.num_inference_steps is None else args.num_inference_steps
     return ExtrapolationSpec(
         cfg_scales=cfg_scales, num_inference_steps=steps, image_size=native,
@@ -127,11 +135,16 @@ def main(argv=None):
     """Sample --num-fid-samples extrapolated images into <sample-dir>/<run-name>/ and pack <run-name>.npz; with
     --debug, write <run-name>-debug.png (a grid of the first --per-proc-batch-size images) and stop."""
     args = parse_args(argv)
+    try:
+        check_flags(args)
+        inputs = check_inputs(args)  # paths and cheap compatibility first: nothing is built before they pass
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
     dist = init_distributed(timeout=PACK_TIMEOUT)
     try:
-        model, tokenizer = load_models(args, dist.device)
+        model, tokenizer = load_models(args, dist.device, inputs)
         spec = spec_from_args(args, model, tokenizer, dist.device)
     except (FileNotFoundError, ValueError, CheckpointMismatchError) as e:
         sys.exit(f"error: {e}")
-    sample_run(args, dist, model, tokenizer, spec, sampler=sample_extrapolated_images)
+    sample_run(args, dist, model, tokenizer, spec, inputs, sampler=sample_extrapolated_images)
     cleanup()

@@ -3,7 +3,12 @@
     <root_dir>/<label>/<index>.npy     integer array [num_aug, L]  (one row per stored augmentation)
 
 Each item picks one augmentation row at random: `(codes [L] int64, label, index)`.
+
+tools/extract_latent_codes.py also writes `<root_dir>/manifest.json`: what made the codes (split, tokenizer,
+codebook size, image size, aug mode, code length). Training refuses a folder whose manifest does not fit the
+model (`check_codes_fit`); the released archives have no manifest and are read as they are.
 """
+import json
 import os
 from typing import Optional
 
@@ -11,6 +16,72 @@ import numpy as np
 import torch
 
 NUM_CHECKED_FILES = 64  # files read at start-up to catch a wrong archive before training starts
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "randar-codes-1"
+# The released archives carry no manifest; their folder names say what made them (GETTING_STARTED.md, section 2).
+RELEASED_CODES = {
+    "imagenet-llamagen-adm-256_codes": dict(tokenizer="llamagen", tokenizer_target="RandAR.model.tokenizer.VQModel",
+                                            codebook_size=16384, code_length=256, image_size=256, split="train"),
+    "imagenet-maskgit-adm-256_codes": dict(tokenizer="maskgit",
+                                           tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer",
+                                           codebook_size=1024, code_length=256, image_size=256, split="train"),
+}
+
+
+def codes_manifest(*, split: str, dataset: str, tokenizer: str, tokenizer_target: str, codebook_size: int,
+                   vq_ckpt: str, image_size: int, aug_mode: str, crop_range: Optional[float], code_length: int) -> dict:
+    """What made a code folder (vq_ckpt: a content fingerprint, RandAR.utils.run_stamp.file_fingerprint)."""
+    return {"format": MANIFEST_FORMAT, "split": split, "dataset": dataset, "tokenizer": tokenizer,
+            "tokenizer_target": tokenizer_target, "codebook_size": int(codebook_size), "vq_ckpt": vq_ckpt,
+            "image_size": int(image_size), "aug_mode": aug_mode, "crop_range": crop_range,
+            "code_length": int(code_length)}
+
+
+def read_manifest(root_dir: str) -> Optional[dict]:
+    """The folder's manifest, or None (the released archives have none)."""
+    path = os.path.join(root_dir, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size: Optional[int] = None,
+                    tokenizer_target: Optional[str] = None, split: Optional[str] = None):
+    """ValueError when the manifest of `root_dir` says its codes do not fit a model with this vocabulary, token
+    count and tokenizer (or are of another split). Ids alone cannot tell: MaskGIT's ids (< 1024) are all valid
+    ids of a 16384-entry LlamaGen vocabulary. Without a manifest, a released archive's folder name stands for
+    one (RELEASED_CODES); any other folder without one passes."""
+    if not os.path.isdir(root_dir):
+        return
+    source = os.path.join(root_dir, MANIFEST_NAME)
+    manifest = read_manifest(root_dir)
+    if manifest is None:
+        name = os.path.basename(os.path.normpath(root_dir))
+        manifest, source = RELEASED_CODES.get(name), f"the released archive's name {name}"
+    if manifest is None:
+        return
+    # manifest key: (what the model calls it, the model's value)
+    expected = {"codebook_size": ("vocab_size", vocab_size), "code_length": ("block_size", block_size),
+                "tokenizer_target": ("tokenizer target", tokenizer_target), "split": ("training split", split)}
+    wrong = [f"{key} {manifest.get(key)!r} (the model's {name} is {value!r})"
+             for key, (name, value) in expected.items() if value is not None and manifest.get(key) != value]
+    if wrong:
+        raise ValueError(f"the codes in {root_dir} do not fit this model: {source} says {', '.join(wrong)}; "
+                         f"they were made with tokenizer {manifest.get('tokenizer')!r} "
+                         f"at {manifest.get('image_size')}px. Use the codes of the config's tokenizer (and the "
+                         f"train split), or the config made for these codes")
+
+
+def check_codes_for_config(cfg):
+    """check_codes_fit for a training config, before any model is built: its dataset root_dir against
+    ar_model's vocab_size/block_size and the tokenizer's target, train split."""
+    root_dir = cfg.get("dataset", {}).get("params", {}).get("root_dir")
+    if not root_dir:
+        return
+    params = cfg.get("ar_model", {}).get("params", {})
+    check_codes_fit(root_dir, vocab_size=params.get("vocab_size"), block_size=params.get("block_size"),
+                    tokenizer_target=cfg.get("tokenizer", {}).get("target"), split="train")
 
 
 class INatLatentDataset(torch.utils.data.Dataset):
@@ -26,6 +97,7 @@ class INatLatentDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"latent code folder not found: {root_dir}")
         self.root_dir = root_dir
         self.vocab_size, self.block_size = vocab_size, block_size
+        check_codes_fit(root_dir, vocab_size, block_size)
         entries = sorted(e.name for e in os.scandir(root_dir) if e.is_dir() and not e.name.startswith("."))
         not_labels = [e for e in entries if not e.isdigit()]
         if not_labels:

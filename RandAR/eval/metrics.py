@@ -3,7 +3,8 @@
 Plain numpy/scipy and no feature extractor in here, so any network's features can be scored:
   FID / sFID   `compute_statistics` + `frechet_distance`
   IS           `inception_score` on class probabilities
-  precision / recall   `precision_recall` (Kynkaanniemi et al. 2019, k = 3 nearest-neighbour balls)
+  precision / recall   `precision_recall` (Kynkaanniemi et al. 2019, k = 3 nearest-neighbour balls;
+                       distances in float16 as ADM)
 """
 import warnings
 
@@ -68,24 +69,40 @@ def inception_score(probs: np.ndarray, split_size: int = 5000) -> float:
     return float(np.mean(scores))
 
 
+# ADM's ManifoldEstimator settings: k = 3 and 10000 x 10000 distance blocks. The block size matters beyond memory:
+# the float32 fallback below is decided per block.
+NHOOD_SIZE = 3
+BLOCK_SIZE = 10000
+
+
+def _sq_distances(u: np.ndarray, v: np.ndarray, dtype) -> np.ndarray:
+    """|u|^2 - 2 u.v + |v|^2 clamped at 0 with every tensor of ADM's graph (squares, norms, product, each sum)
+    rounded to `dtype`. Norms and the product accumulate in float32 and round once, as cuBLAS does for float16;
+    TF builds and devices differ from each other in the order of the norms' sums (the last float16 bit)."""
+    u, v = u.astype(dtype), v.astype(dtype)
+    norm_u = np.sum(np.square(u), axis=1, dtype=np.float32).astype(dtype)[:, None]  # (Nu, 1)
+    norm_v = np.sum(np.square(v), axis=1, dtype=np.float32).astype(dtype)[None, :]  # (1, Nv)
+    uv = (u.astype(np.float32) @ v.astype(np.float32).T).astype(dtype)  # (Nu, Nv)
+    return np.maximum(norm_u - 2 * uv + norm_v, dtype(0))
+
+
 def pairwise_sq_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances [len(u), len(v)] in float32, by ADM's formula |u|^2 - 2 u.v + |v|^2, clamped at 0.
-
-    ADM evaluates this in float16 on the GPU and falls back to float32 only when float16 overflows; we always
-    use float32 (its fallback), so radii on the edge of a ball can round differently.
-    """
-    u = np.asarray(u, dtype=np.float32)
-    v = np.asarray(v, dtype=np.float32)
-    norm_u = np.sum(np.square(u), axis=1)[:, None]  # (Nu, 1)
-    norm_v = np.sum(np.square(v), axis=1)[None, :]  # (1, Nv)
-    return np.maximum(norm_u - 2 * (u @ v.T) + norm_v, 0.0)
+    """Squared Euclidean distances [len(u), len(v)] -> float32, exactly as ADM's DistanceBlock: the formula in
+    float16, and in float32 only when some entry of the float16 block is not finite (overflow)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = _sq_distances(np.asarray(u, np.float32), np.asarray(v, np.float32), np.float16)
+    if np.isfinite(d).all():
+        return d.astype(np.float32)
+    return _sq_distances(np.asarray(u, np.float32), np.asarray(v, np.float32), np.float32)
 
 
-def manifold_radii(features: np.ndarray, k: int = 3, row_batch: int = 1000, col_batch: int = 10000) -> np.ndarray:
+def manifold_radii(features: np.ndarray, k: int = NHOOD_SIZE, row_batch: int = BLOCK_SIZE,
+                   col_batch: int = BLOCK_SIZE) -> np.ndarray:
     """Squared distance from each feature vector to its k-th nearest neighbour in the same set -> [N] float32.
 
     The point itself (distance ~0) is one of the candidates, as in ADM: the radius is the (k+1)-th smallest
-    entry of its distance row. Rows are done `row_batch` at a time, so memory is row_batch x N, never N x N.
+    entry of its distance row. Rows are done `row_batch` at a time (memory row_batch x N), each row batch in
+    blocks of `col_batch` columns, as ADM.
     """
     n = len(features)
     assert n > k, f"need more than k={k} feature vectors for k-NN radii, got {n}"
@@ -100,21 +117,22 @@ def manifold_radii(features: np.ndarray, k: int = 3, row_batch: int = 1000, col_
     return radii
 
 
-def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: int = 3, batch: int = 5000):
-    """Improved precision and recall (k-NN manifolds) -> (precision, recall).
+def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: int = NHOOD_SIZE,
+                     row_batch: int = BLOCK_SIZE, col_batch: int = BLOCK_SIZE):
+    """Improved precision and recall (k-NN manifolds) -> (precision, recall), as ADM's ManifoldEstimator.
 
     precision: fraction of samples inside at least one reference ball (radius = that reference's k-NN distance);
-    recall: fraction of references inside at least one sample ball. Distances are computed in
-    batch x batch blocks.
+    recall: fraction of references inside at least one sample ball. Distances between the sets are computed in
+    blocks of `row_batch` references x `col_batch` samples.
     """
-    ref_radii = manifold_radii(ref_features, k)  # (Nr,)
-    sample_radii = manifold_radii(sample_features, k)  # (Ns,)
+    ref_radii = manifold_radii(ref_features, k, row_batch, col_batch)  # (Nr,)
+    sample_radii = manifold_radii(sample_features, k, row_batch, col_batch)  # (Ns,)
     ref_in = np.zeros(len(ref_features), dtype=bool)
     sample_in = np.zeros(len(sample_features), dtype=bool)
-    for r0 in range(0, len(ref_features), batch):
-        r1 = r0 + batch
-        for s0 in range(0, len(sample_features), batch):
-            s1 = s0 + batch
+    for r0 in range(0, len(ref_features), row_batch):
+        r1 = r0 + row_batch
+        for s0 in range(0, len(sample_features), col_batch):
+            s1 = s0 + col_batch
             d = pairwise_sq_distances(ref_features[r0:r1], sample_features[s0:s1])  # (Br, Bs)
             ref_in[r0:r1] |= np.any(d <= sample_radii[None, s0:s1], axis=1)
             sample_in[s0:s1] |= np.any(d <= ref_radii[r0:r1, None], axis=0)

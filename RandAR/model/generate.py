@@ -57,11 +57,63 @@ def class_cfg_branches(cond: torch.Tensor, cfg_scales: Sequence[float], null_cla
     return [cond], lambda logits, fraction: logits[0]
 
 
-def _compiled_decode_step(model):
-    """torch.compile of the model's static decode step, built once per model and reused across calls."""
-    if getattr(model, "_compiled_decode_step", None) is None:
-        model._compiled_decode_step = torch.compile(model.decode_step_static, dynamic=False)
-    return model._compiled_decode_step
+STATIC_CHUNK = 16  # rows per static decode piece: one 88-step decode of 256 tokens needs at most 13
+# torch.compile backend of the decode step. The GPU check's CPU dry run sets "aot_eager": dynamo and AOTAutograd
+# as on the GPU (graphs, guards, recompiles), without inductor's minutes of C++ builds on a small CPU.
+COMPILE_BACKEND = "inductor"
+
+
+def compile_mode(compile, device) -> Optional[str]:
+    """generate's `compile` argument -> torch.compile mode: True means CUDA graphs ("reduce-overhead") on CUDA,
+    where per-step launch overhead dominates small batches, and "default" elsewhere; a string is the mode."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "reduce-overhead" if torch.device(device).type == "cuda" else "default"
+    return compile
+
+
+def _compiled_decode_step(model, mode: str):
+    """torch.compile of the model's static decode step, built once per (model, backend, mode) and reused.
+
+    dynamic=False: one graph per batch size (the piece size and cache length are fixed), which the
+    warm-up compiles; the benchmark checks that a timed call compiles nothing more. fullgraph=True: a graph
+    break is an error, not a silent partial fallback to eager.
+    """
+    compiled = getattr(model, "_compiled_decode_steps", None)
+    if compiled is None:
+        compiled = model._compiled_decode_steps = {}
+    key = (COMPILE_BACKEND, mode)
+    if key not in compiled:
+        options = {"mode": mode} if COMPILE_BACKEND == "inductor" else {"backend": COMPILE_BACKEND}
+        step = torch.compile(model.decode_step_static, dynamic=False, fullgraph=True, **options)
+        if mode == "reduce-overhead" and COMPILE_BACKEND == "inductor":
+            def step_with_graphs(*args, _step=step):
+                torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs were consumed
+                return _step(*args)
+            compiled[key] = step_with_graphs
+        else:
+            compiled[key] = step
+    return compiled[key]
+
+
+def decode_in_pieces(step_fn, x: torch.Tensor, freqs: torch.Tensor, start: int, num_logits: int,
+                     chunk: int) -> torch.Tensor:
+    """A decode chunk x (nB, S, dim) for slots [start, start + S), fed through `step_fn` (the static decode step)
+    as ceil(S / chunk) pieces of `chunk` rows, the last zero-padded, one after the other (a piece attends to the
+    ones before it through the cache). Returns the logits (nB, num_logits, V) of the last num_logits rows."""
+    S = x.shape[1]
+    pad = -S % chunk
+    x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    freqs = torch.nn.functional.pad(freqs, (0, 0, 0, 0, 0, pad))
+    first = S - num_logits
+    out = []
+    for lo in range(0, S, chunk):
+        pos = torch.arange(start + lo, start + lo + chunk, device=x.device)
+        logits = step_fn(x[:, lo:lo + chunk].contiguous(), freqs[:, lo:lo + chunk].contiguous(), pos)
+        if lo + chunk > first:  # this piece holds query rows; copy them out (CUDA graphs reuse output memory)
+            out.append(logits[:, max(first - lo, 0):min(S - lo, chunk)].clone())
+    return torch.cat(out, dim=1)
 
 
 @torch.no_grad()
@@ -71,7 +123,8 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
              freqs_cis: Optional[torch.Tensor] = None, branch_classes: Optional[List[torch.Tensor]] = None,
              combine: Optional[Callable] = None, known_token_keep: Optional[List[Optional[torch.Tensor]]] = None,
              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-             static_shapes: bool = False, compile: bool = False, return_logits: bool = False):
+             static_shapes: bool = False, compile=None, chunk_size: int = STATIC_CHUNK,
+             return_logits: bool = False):
     """Generate image tokens with a RandARTransformer.
 
     cond (B,) class ids. token_order (B, N) generation order per sample (a permutation of raster positions;
@@ -89,9 +142,12 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
         hides part of the context in one branch).
     seeds (B,) int64: draw each sample's random numbers from its own seed (batch-independent); else torch's
         RNG / generator.
-    static_shapes: after the prefill, feed every step as a chunk of one fixed size attending to the whole
-        cache (same results); compile: also run those steps through torch.compile (implies static_shapes;
-        meant for CUDA, where per-step overhead dominates small batches).
+    static_shapes: after the prefill, feed every step as pieces of chunk_size rows attending to the whole
+        cache (same results): one shape per batch size, whatever the step count. compile: also run those
+        pieces through torch.compile (implies static_shapes): True, or a torch.compile mode (see compile_mode);
+        None: the model's `compile_decoding` (what the sampling tools' --compile sets).
+        The KV cache is allocated once per (batch, length): eager calls free it at the end, compiled calls
+        keep it for later calls of that shape (model.remove_caches() frees them).
     """
     device = cond.device
     B = cond.shape[0]
@@ -100,7 +156,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     if B and (int(cond.min()) < 0 or int(cond.max()) > model.num_classes):
         raise ValueError(f"class ids must be in [0, {model.num_classes - 1}] (or {model.num_classes} = null class); "
                          f"got range [{int(cond.min())}, {int(cond.max())}]")
-    rope = model.rope_table(device) if freqs_cis is None else freqs_cis.to(device)
+    rope = (model.freqs_cis if freqs_cis is None else freqs_cis).to(device)
     cls_n = model.cls_token_num
     N = rope.shape[0] - cls_n
     if token_order is None:
@@ -138,11 +194,11 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     result = torch.zeros(B, N, dtype=torch.long, device=device)                      # generation order
     step_logits = torch.zeros(B, N, model.vocab_size, device=device) if return_logits else None
     counts = parallel_decoding_schedule(N - K, num_inference_steps)
-    static_shapes = static_shapes or compile
-    # Largest decode chunk ([x_a, q_(a+1), ..., x_b, next queries]) and query count, for static shapes.
-    s_max = max([2 * counts[i - 1] - 1 + counts[i] for i in range(1, len(counts))], default=1)
-    n_max = max(counts[1:], default=1)
-    decode_static = _compiled_decode_step(model) if compile else model.decode_step_static
+    mode = compile_mode(getattr(model, "compile_decoding", False) if compile is None else compile, device)
+    static_shapes = static_shapes or mode is not None
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    decode_static = _compiled_decode_step(model, mode) if mode else model.decode_step_static
 
     def embed(ids, keep=None):                                                       # (B, n) -> (nB, n, dim)
         e = model.tok_embeddings(ids)
@@ -162,16 +218,13 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     f.append(token_freqs[:, K:K + first])
     x, f, start = torch.cat(x, dim=1), torch.cat(f, dim=1), 0
 
-    model.setup_caches(n_branch * B, cls_n + 2 * N + (s_max if static_shapes else 0), dtype, device)
+    # Room for a padded piece past the last slot; the same length for both paths, so they share one cache.
+    model.setup_caches(n_branch * B, cls_n + 2 * N + chunk_size, dtype, device, keep=mode is not None)
     try:
         a = K                                                                        # first token of this step
         for step, n in enumerate(counts):
             if static_shapes and step > 0:
-                L = x.shape[1]
-                x = torch.nn.functional.pad(x, (0, 0, 0, s_max - L))
-                f = torch.nn.functional.pad(f, (0, 0, 0, 0, 0, s_max - L))
-                rows = (torch.arange(n_max, device=device) + (L - n)).clamp_max(L - 1)  # the n query rows
-                logits = decode_static(x, f, torch.arange(start, start + s_max, device=device), rows)[:, :n]
+                logits = decode_in_pieces(decode_static, x, f, start, n, chunk_size)
             else:
                 logits = model.decode_step(x, f, start, n)                           # (nB, n, V)
             logits = combine(list(logits.chunk(n_branch)), a / N)                    # (B, n, V)
@@ -195,7 +248,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
             start = cls_n + 2 * a + 1                                                # q_a sits at slot cls_n + 2a
             a = b
     finally:
-        model.remove_caches()
+        model.detach_caches()
 
     raster = torch.zeros_like(result).scatter_(1, token_order, result)
     return (raster, step_logits) if return_logits else raster

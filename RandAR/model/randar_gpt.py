@@ -95,23 +95,28 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels).unsqueeze(1)
 
 
-class KVCache:
-    """Keys/values of one layer for a whole generation call: (B, n_kv_head, max_len, head_dim), allocated once.
+class KVCache(nn.Module):
+    """Keys/values of one layer: (B, n_kv_head, max_len, head_dim), allocated once per (batch, length) and
+    reused across generation calls. Non-persistent buffers: never in the state dict, and torch.compile treats
+    them as fixed addresses, which CUDA graphs need for a cache written in place.
 
     Slots are sequence indices (not RoPE positions): the caller writes each chunk at [start, start + S).
     """
 
     def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
         shape = (batch, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, pos, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, n_kv, S, hd) and return the keys/values to attend to.
 
         pos int: slots [pos, pos + S); returns slots [0, pos + S) (shapes change per step).
         pos LongTensor (S,): those slots; returns the whole cache (static shapes, for torch.compile).
+        k, v are cast to the cache's dtype (autocast computes them in bf16 while the cache has the weights' dtype).
         """
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
         if isinstance(pos, int):
             end = pos + k.shape[2]
             self.k[:, :, pos:end] = k
@@ -134,14 +139,14 @@ class Attention(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
         self.attn_dropout_p = attn_dropout_p
         self.resid_dropout = nn.Dropout(resid_dropout_p)
-        self.kv_cache: Optional[KVCache] = None  # set only inside a generation call
+        self.kv_cache: Optional[KVCache] = None  # set by RandARTransformer.setup_caches for generation
 
     def forward(self, x, freqs_cis, cache_pos=None, mask: Optional[torch.Tensor] = None):
         """x (B, S, dim), freqs_cis (B, S, head_dim/2, 2).
 
-        Without a cache: causal self-attention over x (training). With a cache: write this chunk's keys and
-        values at `cache_pos` (see KVCache.update) and attend to what it returns under `mask` (S, slots),
-        or to all of it when mask is None.
+        cache_pos None: causal self-attention over x (training; a cache left from generation is ignored).
+        Otherwise write this chunk's keys and values at `cache_pos` (see KVCache.update) and attend to what it
+        returns under `mask` (S, slots), or to all of it when mask is None.
         """
         B, S, _ = x.shape
         kv = self.n_kv_head * self.head_dim
@@ -149,7 +154,7 @@ class Attention(nn.Module):
         q = apply_rotary_emb(q.view(B, S, self.n_head, self.head_dim), freqs_cis).transpose(1, 2)  # (B, H, S, hd)
         k = apply_rotary_emb(k.view(B, S, self.n_kv_head, self.head_dim), freqs_cis).transpose(1, 2)
         v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
-        causal = self.kv_cache is None
+        causal = cache_pos is None
         if not causal:
             k, v = self.kv_cache.update(cache_pos, k, v)  # (B, n_kv, L, hd)
         if self.n_kv_head != self.n_head:  # grouped-query attention: share each kv head among n_head/n_kv queries
@@ -190,7 +195,8 @@ class RandARTransformer(nn.Module):
     implemented), `max_batch_size` and `max_seq_len` (the KV cache is sized per generation call),
     `zero_class_qk` (the class token's query and key are always zero: its RoPE rows are zero, and the
     checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
-    the default step count of `generate`. `position_order` ("random" or "raster") picks the training order
+    the default step count of `generate`, and the attribute `compile_decoding` (False; the tools' `--compile`
+    sets it) the default of its `compile`. `position_order` ("random" or "raster") picks the training order
     when none is given.
     """
 
@@ -218,6 +224,7 @@ class RandARTransformer(nn.Module):
         self.cls_token_num = cls_token_num
         self.position_order = position_order
         self.num_inference_steps = num_inference_steps
+        self.compile_decoding = False
         self.grad_checkpointing = grad_checkpointing
         self.initializer_range = initializer_range
 
@@ -231,8 +238,8 @@ class RandARTransformer(nn.Module):
         self.norm = RMSNorm(dim, eps=norm_eps)
         self.output = nn.Linear(dim, vocab_size, bias=False)
         self.pos_instruct_embeddings = nn.Parameter(torch.zeros(1, dim))
-        # Plain attribute, not a buffer: it is not in the official state dict and must stay float32
-        # when the model is cast to bf16. `rope_table(device)` moves it lazily.
+        # Plain attribute, not a buffer: it is not in the official state dict and must stay float32 when the
+        # model is cast to bf16. `_apply` moves it with the parameters, so forward never moves or reassigns it.
         self.freqs_cis = precompute_freqs_cis_2d(self.grid_size, self.head_dim, rope_base, cls_token_num)
         self.initialize_weights()
 
@@ -245,10 +252,15 @@ class RandARTransformer(nn.Module):
         nn.init.normal_(self.pos_instruct_embeddings, mean=0.0, std=std)
 
     # ---- shared pieces -------------------------------------------------------------------------------
-    def rope_table(self, device) -> torch.Tensor:
-        if self.freqs_cis.device != torch.device(device):
-            self.freqs_cis = self.freqs_cis.to(device)
-        return self.freqs_cis
+    def _apply(self, fn, *args, **kwargs):
+        """Every .to()/.cuda()/.to_empty() passes here: move the RoPE table to the parameters' device, once,
+        keeping it float32 (a bf16 cast of the model does not round it)."""
+        super()._apply(fn, *args, **kwargs)
+        device = self.pos_instruct_embeddings.device
+        if self.freqs_cis.is_meta and device.type != "meta":  # built on the meta device: no values to move
+            self.freqs_cis = precompute_freqs_cis_2d(self.grid_size, self.head_dim, self.rope_base, self.cls_token_num)
+        self.freqs_cis = self.freqs_cis.to(device)
+        return self
 
     def random_token_order(self, batch: int, device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(B, N) orders: one uniform random permutation per sample (drawn for the batch at once), or raster."""
@@ -280,7 +292,7 @@ class RandARTransformer(nn.Module):
             token_order = self.random_token_order(B, idx.device)
         cond_emb = self.cls_embedding(cond_idx.reshape(B), train=self.training)       # (B, 1, dim)
         tokens = self.tok_dropout(self.tok_embeddings(idx.gather(1, token_order)))   # (B, N, dim)
-        rope = self.rope_table(idx.device)
+        rope = self.freqs_cis.to(idx.device)  # no-op after model.to(device); a copy if a wrapper moved only params
         token_freqs = rope[self.cls_token_num:][token_order]                          # (B, N, hd/2, 2)
         h = torch.cat([cond_emb, interleave(self.position_instruction_tokens(token_freqs), tokens)], dim=1)
         freqs = torch.cat([rope[: self.cls_token_num].expand(B, -1, -1, -1), interleave(token_freqs, token_freqs)], dim=1)
@@ -303,13 +315,33 @@ class RandARTransformer(nn.Module):
         return token_logits, loss, token_order
 
     # ---- generation ----------------------------------------------------------------------------------
-    def setup_caches(self, batch: int, max_len: int, dtype, device):
-        for layer in self.layers:
-            layer.attention.kv_cache = KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype, device)
+    def setup_caches(self, batch: int, max_len: int, dtype, device, keep: bool = False):
+        """Attach KV caches for `batch` sequences of up to `max_len` slots to the layers.
 
-    def remove_caches(self):
+        keep: take them from, or add them to, the model's store of caches, one per (batch, length, dtype,
+        device), so that repeated compiled calls (and the CUDA graphs recorded over them) reuse the same
+        memory, also when calls alternate between shapes (resolution extrapolation: two grids per batch).
+        """
+        key = (batch, max_len, dtype, torch.device(device))
+        store = self.__dict__.setdefault("_kv_caches", {})  # plain dict: not submodules, never checkpointed
+        caches = store.get(key) if keep else None
+        if caches is None:
+            self.detach_caches()  # let a previous unkept cache go before allocating
+            caches = [KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype, device) for _ in self.layers]
+            if keep:
+                store[key] = caches
+        for layer, cache in zip(self.layers, caches):
+            layer.attention.kv_cache = cache
+
+    def detach_caches(self):
+        """Take the caches off the layers (kept ones stay in the store)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
+
+    def remove_caches(self):
+        """Free every cache, kept ones included."""
+        self.detach_caches()
+        self.__dict__.get("_kv_caches", {}).clear()
 
     def decode_step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_start: int, num_logits: int) -> torch.Tensor:
         """One cached forward of a chunk x (B, S, dim) written at slots [cache_start, cache_start + S).
@@ -327,20 +359,20 @@ class RandARTransformer(nn.Module):
             h = layer(h, freqs_cis, cache_start, mask)
         return self.logits(h[:, S - num_logits:])
 
-    def decode_step_static(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_pos: torch.Tensor,
-                           query_rows: torch.Tensor) -> torch.Tensor:
-        """decode_step with shapes that never change, so torch.compile (and CUDA graphs) build it once.
+    def decode_step_static(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_pos: torch.Tensor) -> torch.Tensor:
+        """decode_step with shapes that never change, so torch.compile (and CUDA graphs) build it once per batch.
 
-        x (B, S_max, dim) is a chunk padded at the end; cache_pos (S_max,) its slots (consecutive). Padding
-        rows write past the real chunk, where nothing attends before a later step overwrites them. Every
-        row attends to the whole cache under a causal mask. query_rows (n_max,): rows whose logits to return.
+        x (B, C, dim) is a fixed-size piece of a chunk (zero-padded at the end); cache_pos (C,) its slots
+        (consecutive). Padding rows write past the real chunk, where nothing attends before a later step
+        overwrites them. Every row attends to the whole cache under a causal mask. Returns the logits of all
+        C rows (B, C, V); the caller keeps the query rows.
         """
         slots = torch.arange(self.layers[0].attention.kv_cache.k.shape[2], device=x.device)
-        mask = slots[None, :] <= cache_pos[:, None]                                    # (S_max, max_len)
+        mask = slots[None, :] <= cache_pos[:, None]                                    # (C, max_len)
         h = x
         for layer in self.layers:
             h = layer(h, freqs_cis, cache_pos, mask)
-        return self.logits(h.index_select(1, query_rows))
+        return self.logits(h)
 
     def generate(self, cond, token_order=None, cfg_scales=(1.0, 1.0), num_inference_steps=None, temperature=1.0,
                  top_k=0, top_p=1.0, **kwargs):

@@ -99,6 +99,8 @@ def suggest_config(state_dict: Mapping[str, torch.Tensor], config_root: str = CO
 
     want = {k: tuple(v.shape) for k, v in state_dict.items()}
     for path in sorted(glob.glob(os.path.join(config_root, "*", "*.yaml"))):
+        if os.path.islink(path):  # an alias (randar_xl_0.7b.yaml): name the file it points to
+            continue
         try:
             cfg = OmegaConf.load(path)
         except Exception:

@@ -1,4 +1,4 @@
-"""Training checkpoints on disk: atomic saves, finding the newest complete one, keep-last-k, mirroring.
+"""Training checkpoints on disk: atomic saves, finding the newest complete one, retention, mirroring.
 
 Layout of `<experiment>/checkpoints/` (and of its mirror `<disk-location>/<experiment name>/`):
 
@@ -10,11 +10,15 @@ Layout of `<experiment>/checkpoints/` (and of its mirror `<disk-location>/<exper
 A checkpoint is complete when its folder exists under its final name: everything is first written to
 `.tmp_iters_...` and renamed at the end, after the exports, so a run killed at any moment leaves either the
 previous set of complete checkpoints or one more; temporary leftovers are never read and are cleared later.
+
+Retention (as the original release): the newest `keep_last_k` full states are kept (1 by default: enough to
+resume); an older checkpoint loses its folder and, unless its step is one of `export_milestones` (or the
+final step), its exports too. So a run ends with one full state plus the model-only exports of the milestones.
 """
 import os
 import re
 import shutil
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -71,15 +75,16 @@ def _siblings(folder: str, name: str) -> List[str]:
                   if f.startswith(name + ".") and f.endswith(".safetensors"))
 
 
-def _remove_checkpoint(path: str):
-    """Take the folder out of the complete set with one rename, then delete it and its exports: a run killed
-    half-way through never leaves a partly deleted folder under a complete name."""
+def _remove_checkpoint(path: str, keep_exports: bool = False):
+    """Take the folder out of the complete set with one rename, then delete it and (unless keep_exports) its
+    exports: a run killed half-way through never leaves a partly deleted folder under a complete name."""
     folder, name = os.path.split(path)
     doomed = os.path.join(folder, TMP + "deleting_" + name)
     shutil.rmtree(doomed, ignore_errors=True)  # left by an earlier interrupted deletion
     os.rename(path, doomed)
-    for f in _siblings(folder, name):
-        os.remove(f)
+    if not keep_exports:
+        for f in _siblings(folder, name):
+            os.remove(f)
     shutil.rmtree(doomed)
 
 
@@ -118,18 +123,21 @@ def save_checkpoint(accelerator, ckpt_dir: str, step: int,
     return final
 
 
-def prune_checkpoints(folder: str, keep_last_k: int) -> List[str]:
-    """Delete all but the newest keep_last_k complete checkpoints (and their exports); k <= 0 keeps all."""
+def prune_checkpoints(folder: str, keep_last_k: int, export_milestones: Iterable[int] = ()) -> List[str]:
+    """Delete all but the newest keep_last_k complete checkpoints (k <= 0 keeps all); the exports of a deleted
+    checkpoint stay when its step is in export_milestones. Returns the deleted folders."""
     if keep_last_k is None or keep_last_k <= 0:
         return []
+    milestones = {int(s) for s in export_milestones}
     removed = []
-    for _, path in list_checkpoints(folder)[:-keep_last_k]:
-        _remove_checkpoint(path)
+    for step, path in list_checkpoints(folder)[:-keep_last_k]:
+        _remove_checkpoint(path, keep_exports=step in milestones)
         removed.append(path)
     return removed
 
 
-def mirror_checkpoint(ckpt_dir: str, step: int, mirror_dir: str, keep_last_k: int) -> str:
+def mirror_checkpoint(ckpt_dir: str, step: int, mirror_dir: str, keep_last_k: int,
+                      export_milestones: Iterable[int] = ()) -> str:
     """Copy checkpoint `step` and its exports to mirror_dir (temporary names, then rename), then prune there.
 
     Raises on any I/O error: the caller logs it and trains on (a full or flaky slow disk must not stop training).
@@ -144,5 +152,5 @@ def mirror_checkpoint(ckpt_dir: str, step: int, mirror_dir: str, keep_last_k: in
     tmp, final = os.path.join(mirror_dir, TMP + name), os.path.join(mirror_dir, name)
     shutil.copytree(os.path.join(ckpt_dir, name), tmp)
     _commit(tmp, final)
-    prune_checkpoints(mirror_dir, keep_last_k)
+    prune_checkpoints(mirror_dir, keep_last_k, export_milestones)
     return final

@@ -1,8 +1,10 @@
-"""Config handling: the single `target`/`params` instantiator and YAML loading with overrides."""
+"""Config handling: the single `target`/`params` instantiator and YAML loading with overrides and schema checks."""
 import importlib
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+from RandAR.utils.config_schema import ConfigError, check_config
 
 
 def get_obj_from_str(path: str):
@@ -25,19 +27,19 @@ def instantiate_from_config(config, **extra_params):
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Load a YAML config and apply `key.sub=value` overrides (OmegaConf dotlist).
-
-    An override of a key the config does not have is an error (a typo would otherwise be silently ignored).
+    """Load a YAML config, apply `key.sub=value` overrides (OmegaConf dotlist) and check the result against its
+    schema (RandAR.utils.config_schema): unknown keys, in the file or in an override, and values of the wrong
+    type raise ConfigError naming the key and the closest valid one; keys the file leaves out get their defaults.
     """
     cfg = OmegaConf.load(path)
+    check_config(cfg, path)  # the file alone first, so an error says whether the file or an override is wrong
     if overrides:
-        OmegaConf.set_struct(cfg, True)
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        except Exception as e:  # omegaconf raises ConfigKeyError / ValidationError
-            raise ValueError(f"bad override {list(overrides)} for config {path}: {e}") from e
-        OmegaConf.set_struct(cfg, False)
-    return cfg
+        except Exception as e:  # a malformed override (omegaconf's errors)
+            raise ConfigError(f"bad override {list(overrides)} for config {path}: {e}") from e
+        return check_config(cfg, f"{path}: bad override ({' '.join(overrides)})")
+    return check_config(cfg, path)
 
 
 def to_plain(cfg: Any):

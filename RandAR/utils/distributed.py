@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from tqdm import tqdm
+from RandAR.utils.progress import progress
 
 
 @dataclass
@@ -102,7 +102,7 @@ def create_npz_from_sample_folder(sample_dir: str, num: int, npz_path: Optional[
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array_header_1_0(f, header)
-                for i in tqdm(range(num), desc=f"packing {os.path.basename(npz_path)}", unit="img"):
+                for i in progress(range(num), desc=f"packing {os.path.basename(npz_path)}", unit="img"):
                     img = first if i == 0 else read(i)
                     if img.shape != first.shape:
                         raise ValueError(f"{sample_dir}/{i:06d}.png is {img.shape}, image 0 is {first.shape}")
@@ -112,3 +112,9 @@ def create_npz_from_sample_folder(sample_dir: str, num: int, npz_path: Optional[
         if os.path.exists(tmp):
             os.remove(tmp)
     return npz_path
+
+
+def allow_tf32():
+    """TF32 matmuls and convolutions on Ampere and newer GPUs (as the original); no effect on CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True

@@ -80,5 +80,5 @@ def scheduler_from_config(optimizer: Optimizer, lr_cfg, max_iters: int) -> Lambd
         raise ValueError("lr_scheduler.num_cycles is required for the cosine schedule (0.5 = one half-cosine "
                          "from the peak down to min_lr_ratio, as in the shipped configs)")
     return get_scheduler(name, optimizer, num_warmup_steps=lr_cfg.get("warm_up_iters", 0),
-                         num_training_steps=max_iters, num_cycles=lr_cfg.get("num_cycles", 1.0),
+                         num_training_steps=max_iters, num_cycles=lr_cfg.get("num_cycles"),
                          min_lr_ratio=lr_cfg.get("min_lr_ratio", 0.05))

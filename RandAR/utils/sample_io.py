@@ -6,29 +6,34 @@ is (pixel for pixel where the arithmetic is batch-invariant, e.g. at an equal ba
 sample_c2i.py and tools/search_cfg_weights.py, which samples many scales within one process group.
 
 Layout: <sample-dir>/<run-name>/{i:06d}.png, then one <sample-dir>/<run-name>.npz (see
-RandAR.utils.distributed.create_npz_from_sample_folder). The run name holds every setting that changes the
-pixels, so a re-run with the same flags only makes the PNGs that are missing.
+RandAR.utils.distributed.create_npz_from_sample_folder), and <sample-dir>/<run-name>.stamp.json, written before
+the first image: fingerprints of both checkpoints' contents, the resolved config and every sampling setting
+(RandAR.utils.run_stamp). A re-run with the same inputs only makes the PNGs that are missing; one with other
+inputs under the same run name (e.g. another training's `iters_00360000.safetensors`) stops with the fields
+that differ, unless --force, which removes that run's outputs and starts it afresh.
 """
 import argparse
 import difflib
 import glob
 import math
 import os
+import sys
 import time
 from datetime import timedelta
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+from RandAR.utils.progress import progress
 
 from RandAR.model.builder import build_randar
 from RandAR.model.sampling import splitmix64
 from RandAR.model.tokenizers import build_tokenizer
-from RandAR.utils.config import load_config
+from RandAR.utils.config import load_config, to_plain
 from RandAR.utils.distributed import DistInfo, barrier, broadcast_object, create_npz_from_sample_folder
+from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint
 
 # Ranks wait in a collective while rank 0 alone packs the .npz (50k PNGs take minutes).
 PACK_TIMEOUT = timedelta(hours=2)
@@ -157,15 +162,43 @@ def _per_step_counts(n_missing: int, world_size: int, batch_size: int) -> List[i
     return [sum(min(batch_size, max(0, s - t * batch_size)) for s in shards) for t in range(steps)]
 
 
+def stamp_path(folder: str) -> str:
+    return f"{folder.rstrip(os.sep)}.stamp.json"
+
+
+def run_outputs(folder: str) -> List[str]:
+    """A run's outputs besides its stamp: the PNG folder, <run-name>.npz and the search's <run-name>-<N>.npz."""
+    folder = folder.rstrip(os.sep)
+    return [folder, f"{folder}.npz", *sorted(glob.glob(f"{glob.escape(folder)}-*.npz"))]
+
+
+def claim_run_folder(folder: str, stamp: Dict[str, Any], dist: DistInfo, force: bool = False) -> bool:
+    """Rank 0 checks <folder>.stamp.json against `stamp` (see run_stamp.claim) before anything is sampled; on a
+    mismatch every rank exits with the one-line error. Returns whether this resumes an earlier run."""
+    error, resumed = None, False
+    if dist.is_main:
+        try:
+            resumed = claim(stamp_path(folder), stamp, run_outputs(folder), force, what="sampling run")
+        except StampMismatchError as e:
+            error = str(e)
+    error, resumed = broadcast_object((error, resumed))
+    if error:
+        sys.exit(f"error: {error}")
+    return resumed
+
+
 def sample_to_folder(model, tokenizer, spec: SamplingSpec, folder: str, num: int, batch_size: int,
-                     dist: DistInfo, sampler: Optional[Callable] = None) -> int:
+                     dist: DistInfo, stamp: Dict[str, Any], sampler: Optional[Callable] = None,
+                     force: bool = False) -> int:
     """Make the PNGs 0..num-1 that `folder` lacks; every rank calls this. Returns how many were made.
     `sampler(model, tokenizer, indices, spec)` -> uint8 images makes them (default `sample_images`; resolution
-    extrapolation passes its own).
+    extrapolation passes its own). `stamp` (see `run_stamp_of`) must match the folder's, else it stops before
+    sampling; `force` removes the run's outputs first.
 
     Rank 0 lists the folder and every rank takes every world_size-th missing index, so a re-run after a crash
     makes only the missing images, on any number of processes. Returns after a barrier: all PNGs exist then.
     """
+    claim_run_folder(folder, stamp, dist, force)
     if dist.is_main:
         os.makedirs(folder, exist_ok=True)
     # One listing for all ranks: a rank looking later could already see others' new files.
@@ -175,7 +208,7 @@ def sample_to_folder(model, tokenizer, spec: SamplingSpec, folder: str, num: int
         print(f"{folder}: {num - len(missing)} of {num} images present, sampling {len(missing)} "
               f"on {dist.world_size} process(es)", flush=True)
     counts = _per_step_counts(len(missing), dist.world_size, batch_size)
-    pbar = tqdm(total=len(missing), unit="img", disable=not dist.is_main, dynamic_ncols=True,
+    pbar = progress(total=len(missing), unit="img", disable=not dist.is_main, dynamic_ncols=True,
                 desc=f"cfg {spec.cfg_scales[0]}-{spec.cfg_scales[1]}")
     for step, start in enumerate(range(0, len(mine), batch_size)):
         batch = mine[start:start + batch_size]
@@ -213,7 +246,8 @@ def save_debug_grid(model, tokenizer, spec: SamplingSpec, path: str, batch_size:
     return path
 
 
-def sample_run(args, dist: DistInfo, model, tokenizer, spec: SamplingSpec, sampler: Optional[Callable] = None):
+def sample_run(args, dist: DistInfo, model, tokenizer, spec: SamplingSpec, inputs: "SamplingInputs",
+               sampler: Optional[Callable] = None):
     """The body of the sampling mains (sample_c2i.py, resolution extrapolation): with --debug a grid of the first
     batch; otherwise the PNGs of <sample-dir>/<run-name>/ that are missing, then rank 0 packs <run-name>.npz."""
     folder = os.path.join(args.sample_dir, spec.run_name(args.exp_name, ckpt_name(args.gpt_ckpt)))
@@ -223,7 +257,7 @@ def sample_run(args, dist: DistInfo, model, tokenizer, spec: SamplingSpec, sampl
         return
     start = time.time()
     made = sample_to_folder(model, tokenizer, spec, folder, args.num_fid_samples, args.per_proc_batch_size, dist,
-                            sampler)
+                            run_stamp_of(inputs, spec), sampler, force=args.force)
     if dist.is_main:
         secs = time.time() - start
         print(f"sampled {made} images in {secs:.1f}s ({made / max(secs, 1e-9):.2f} img/s)", flush=True)
@@ -260,6 +294,16 @@ def add_sampling_args(p: argparse.ArgumentParser):
                         "equally often, in a seeded shuffled order")
     p.add_argument("--sample-dir", default="samples", help="the run folders and .npz files go here")
     p.add_argument("--debug", action="store_true", help="write a grid of the first batch and exit")
+    p.add_argument("--force", action="store_true",
+                   help="start the run afresh: remove its outputs (PNG folder, .npz files, stamp) even when "
+                        "they were made from other checkpoints, config or settings (without it that stops the run)")
+    add_compile_arg(p)
+
+
+def add_compile_arg(p: argparse.ArgumentParser):
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (CUDA graphs on CUDA): same images up to float round-off; "
+                        "pays off on CUDA for runs of many batches, after about a minute of compilation")
 
 
 def parse_pair(text: str, flag: str) -> Tuple[float, float]:
@@ -271,8 +315,7 @@ def parse_pair(text: str, flag: str) -> Tuple[float, float]:
 
 
 def resolve_config_path(path: str) -> str:
-    """`path` if it exists; else an error naming the closest shipped configs (the documentation's commands use
-    e.g. randar_xl_0.7b.yaml for what is shipped as randar_xl_0.7b_llamagen.yaml)."""
+    """`path` if it exists; else an error naming the closest shipped configs."""
     if os.path.isfile(path):
         return path
     folder = os.path.dirname(path) or "."
@@ -295,18 +338,51 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     return precision or ("bf16" if device.type == "cuda" else "none")
 
 
-def load_models(args, device: torch.device):
-    """(RandAR model in eval mode in --precision, tokenizer in float32), both strictly loaded, from --config."""
+@dataclass(frozen=True)
+class SamplingInputs:
+    """The checked --config (resolved) and checkpoint paths of a sampling run, with content fingerprints."""
+    config: Any
+    gpt_ckpt: str
+    vq_ckpt: str
+    fingerprints: Dict[str, str]
+
+
+def check_inputs(args) -> SamplingInputs:
+    """Everything about the inputs that can be checked without building a model: that --config, --gpt-ckpt
+    and --vq-ckpt (or the config's vq_ckpt) exist and that the config's tokenizer and model agree."""
     config = load_config(resolve_config_path(args.config))
     vq_ckpt = args.vq_ckpt or config.get("vq_ckpt")
     if not vq_ckpt:
         raise ValueError(f"pass --vq-ckpt: the config {args.config} names no vq_ckpt")
+    for what, path in (("--gpt-ckpt", args.gpt_ckpt), ("--vq-ckpt" if args.vq_ckpt else "the config's vq_ckpt",
+                                                         vq_ckpt)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} {path} not found")
+    vocab = config.get("ar_model", {}).get("params", {}).get("vocab_size")
+    codebook = config.get("tokenizer", {}).get("params", {}).get("codebook_size")
+    if vocab is not None and codebook is not None and vocab != codebook:
+        raise ValueError(f"{args.config}: ar_model vocab_size {vocab} != tokenizer codebook_size {codebook}")
+    return SamplingInputs(config, args.gpt_ckpt, vq_ckpt,
+                          {"gpt_ckpt": file_fingerprint(args.gpt_ckpt), "vq_ckpt": file_fingerprint(vq_ckpt)})
+
+
+def run_stamp_of(inputs: SamplingInputs, spec: SamplingSpec) -> Dict[str, Any]:
+    """What decides a run's pixels: both checkpoints' contents, the resolved config, every sampling setting."""
+    return {**inputs.fingerprints, "config": to_plain(inputs.config), "sampling": asdict(spec)}
+
+
+def load_models(args, device: torch.device, inputs: Optional[SamplingInputs] = None):
+    """(RandAR model in eval mode in --precision, tokenizer in float32), both strictly loaded, from --config.
+    The inputs are checked (`check_inputs`) before anything is built."""
+    inputs = inputs or check_inputs(args)
+    config, vq_ckpt = inputs.config, inputs.vq_ckpt
     if device.type == "cuda":
         # As the original sampler: TF32 matmuls and convolutions.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     dtype = PRECISIONS[resolve_precision(args.precision, device)]
     model = build_randar(config, args.gpt_ckpt, device=device, dtype=dtype).eval()
+    model.compile_decoding = getattr(args, "compile", False)  # generate's default
     tokenizer = build_tokenizer(config.tokenizer, vq_ckpt, device=device)
     return model, tokenizer
 

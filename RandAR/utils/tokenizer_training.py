@@ -60,21 +60,11 @@ class VQTrainArgs:
 
 
 def load_train_config(path: str, overrides: Sequence[str] = ()) -> Tuple[DictConfig, VQTrainArgs]:
-    """Load a tokenization YAML, fill its `train:` section with VQTrainArgs defaults (so every setting can be
-    overridden and the saved config shows them all), then apply `key=value` overrides; unknown keys and
-    wrong types are errors."""
-    cfg = load_config(path)
-    try:
-        cfg.train = OmegaConf.merge(OmegaConf.structured(VQTrainArgs), cfg.get("train", None) or {})
-    except Exception as e:  # omegaconf ConfigKeyError / ValidationError
-        raise ValueError(f"bad `train:` section in {path}: {e}") from e
-    if overrides:
-        OmegaConf.set_struct(cfg, True)
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        except Exception as e:
-            raise ValueError(f"bad override {list(overrides)} for config {path}: {e}") from e
-        OmegaConf.set_struct(cfg, False)
+    """Load a tokenization YAML with `key=value` overrides (unknown keys and wrong types are errors, see
+    RandAR.utils.config_schema), and fill its `train:` section with VQTrainArgs defaults so that the saved
+    config shows every setting."""
+    cfg = load_config(path, overrides)
+    cfg.train = OmegaConf.merge(OmegaConf.structured(VQTrainArgs), cfg.get("train", None) or {})
     return cfg, VQTrainArgs(**OmegaConf.to_container(cfg.train, resolve=True))
 
 

@@ -1,0 +1,212 @@
+"""Schemas of the YAML configs: every key a config may hold, its type and its default.
+
+Two kinds of config:
+- a RandAR config (configs/randar/*.yaml, the `config.yaml` a training run saves): `RandARConfig`, read by
+  train_c2i.py, sample_c2i.py, the CFG search, the zero-shot tools and the code extractor;
+- a tokenizer config (configs/tokenization/*.yaml): `TokenizationConfig` (`model:` and the optional `train:`
+  of tools/train_tokenizer.py, whose keys are RandAR.utils.tokenizer_training.VQTrainArgs).
+
+Sections holding `target`/`params` (ar_model, dataset, tokenizer, model) are checked against the constructor
+that `target` names: `params` may hold exactly its arguments. The other sections are the dataclasses below,
+merged as OmegaConf structured configs (which converts and type-checks the values and fills the defaults).
+
+A key that is neither in the schema nor in OFFICIAL_UNUSED_KEYS is an error naming the closest valid key: a
+misspelt `warmup_iters` or `max_grad_nrom` would otherwise be silently ignored.
+"""
+import dataclasses
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+# Keys of the official configs (ziqipang/RandAR) that this code reads from nowhere, accepted so that those
+# configs load unchanged. Top level: the original took the experiment name, initial weights and FID settings
+# from flags (exp_name, gpt_ckpt) or never read them (resume_from, fid_*). ar_model.params: arguments of
+# RandARTransformer kept for compatibility and ignored (see its docstring).
+OFFICIAL_UNUSED_KEYS: Dict[str, Sequence[str]] = {
+    "": ("exp_name", "resume_from", "gpt_ckpt", "fid_ref_path", "fid_save_dir", "fid_num_samples",
+         "fid_eval_every"),
+    "ar_model.params": ("caption_dim", "max_batch_size", "max_seq_len", "zero_class_qk"),
+}
+
+# The original training exported model weights it kept at these steps (RandAR-L/XL, 360k iterations).
+ORIGINAL_EXPORT_MILESTONES = [50000, 100000, 200000, 300000]
+
+
+class ConfigError(ValueError):
+    """A config or override that does not fit its schema; the message names the source, the key and the fix."""
+
+
+@dataclass
+class TargetSection:
+    """`target: package.module.Class` and `params:` (the constructor's arguments)."""
+    target: str = MISSING
+    params: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class AcceleratorConfig:
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Optional[str] = "no"  # no | fp16 | bf16 (none, fp32 = no)
+    log_with: Optional[str] = None  # wandb | none
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW; weight decay on tensors of 2 or more dimensions only."""
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    beta1: float = MISSING
+    beta2: float = MISSING
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    skip_grad_iter: int = 0  # the skip rule applies from this optimizer step on
+    skip_grad_norm: Optional[float] = None  # None = never skip for a large norm
+    skip_grad_rule: str = "sum_clipped"  # or global_norm; checked by train_c2i.skip_rule
+
+
+@dataclass
+class LRSchedulerConfig:
+    type: str = MISSING  # cosine | linear | constant | constant_with_warmup
+    warm_up_iters: int = 0
+    min_lr_ratio: float = 0.05
+    num_cycles: Optional[float] = None  # required by cosine (0.5 = one half-cosine)
+
+
+@dataclass
+class RandARConfig:
+    """A RandAR config. Step counts are optimizer steps."""
+    ar_model: Optional[TargetSection] = None
+    dataset: Optional[TargetSection] = None
+    tokenizer: Optional[TargetSection] = None
+    accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_scheduler: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
+    max_iters: int = MISSING
+    global_batch_size: int = MISSING
+    ema: bool = False
+    ema_decay: float = 0.9999
+    num_workers: int = 0
+    log_every: int = 100
+    ckpt_every: int = 0  # 0 = only at the end (and at export_milestones)
+    visualize_every: int = 0  # 0 = off
+    visualize_num: int = 32
+    keep_last_k: int = 1  # full training states kept (locally and in the mirror); <= 0 keeps all
+    export_milestones: List[int] = field(default_factory=lambda: list(ORIGINAL_EXPORT_MILESTONES))
+    global_seed: int = 0
+    results_dir: str = "results/"
+    vq_ckpt: Optional[str] = None
+    wandb_entity: Optional[str] = None
+    wandb_project: Optional[str] = None
+    wandb_run_name: Optional[str] = None
+    wandb_offline: bool = False
+
+
+def _tokenization_schema():
+    # imported here, not at the top: tokenizer_training imports RandAR.utils.config, which imports this module
+    from RandAR.utils.tokenizer_training import VQTrainArgs
+
+    @dataclass
+    class TokenizationConfig:
+        model: TargetSection = field(default_factory=TargetSection)
+        train: Optional[VQTrainArgs] = None
+    return TokenizationConfig
+
+
+TARGET_SECTIONS = ("ar_model", "dataset", "tokenizer", "model")
+
+
+def _unknown(source: str, full_key: str, valid: Sequence[str]) -> ConfigError:
+    prefix, key = full_key.rpartition(".")[0], full_key.rpartition(".")[2]
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    hint = (f"did you mean `{(prefix + '.' if prefix else '') + close[0]}`?" if close
+            else f"valid keys here: {', '.join(sorted(valid))}")
+    return ConfigError(f"{source}: unknown key `{full_key}`; {hint}")
+
+
+def constructor_arguments(target: str) -> Optional[List[str]]:
+    """The keyword arguments the class `target` accepts, or None when it takes **kwargs (anything goes)."""
+    from RandAR.utils.config import get_obj_from_str
+
+    params = inspect.signature(get_obj_from_str(target)).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _check_target_section(data, where: str, source: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: `{where}` must be a mapping with `target` and `params`, got {data!r}")
+    _check_keys(data, TargetSection, where, source)
+    if "target" not in data:
+        raise ConfigError(f"{source}: `{where}` has no `target` (the class to build, e.g. "
+                          f"RandAR.model.randar_gpt.RandARTransformer)")
+    try:
+        valid = constructor_arguments(str(data["target"]))
+    except ImportError as e:
+        raise ConfigError(f"{source}: `{where}.target`: {e}") from e
+    params = data.get("params") or {}
+    if valid is not None:
+        allowed = set(valid) | set(OFFICIAL_UNUSED_KEYS.get(where + ".params", ()))
+        for key in params:
+            if key not in allowed:
+                raise _unknown(source, f"{where}.params.{key}", valid)
+
+
+def _check_keys(data: dict, schema, where: str, source: str):
+    """Every key of `data` is a field of the dataclass `schema` (or listed in OFFICIAL_UNUSED_KEYS); recurses."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else str(key)
+        if key in OFFICIAL_UNUSED_KEYS.get(where, ()):
+            continue
+        if key not in fields:
+            raise _unknown(source, full, list(fields))
+        if key in TARGET_SECTIONS and not where:
+            if value is not None:
+                _check_target_section(value, full, source)
+            continue
+        sub = _dataclass_of(fields[key].type)
+        if sub is not None and isinstance(value, dict):
+            _check_keys(value, sub, full, source)
+
+
+def _dataclass_of(annotation):
+    """The dataclass in `X` or `Optional[X]`, else None."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def schema_for(data: dict):
+    """The schema of a loaded config: a tokenizer config has `model:`, everything else is a RandAR config."""
+    return _tokenization_schema() if "model" in data and "ar_model" not in data else RandARConfig
+
+
+def check_config(cfg: DictConfig, source: str) -> DictConfig:
+    """Check every key of `cfg` against its schema, convert the values to the schema's types and fill the
+    defaults. Returns a plain (not struct) DictConfig; target sections are kept as written (their defaults are
+    the constructor's). Raises ConfigError naming `source`, the key and the closest valid key."""
+    data = OmegaConf.to_container(cfg, resolve=False)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a mapping of keys, got {type(data).__name__}")
+    schema = schema_for(data)
+    _check_keys(data, schema, "", source)
+    unused = {k: data.pop(k) for k in list(data) if k in OFFICIAL_UNUSED_KEYS[""]}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+    except Exception as e:  # omegaconf ValidationError: a value of the wrong type
+        raise ConfigError(f"{source}: {str(e).splitlines()[0]} (key `{getattr(e, 'full_key', '?')}`)") from e
+    out = OmegaConf.to_container(merged)
+    for f in dataclasses.fields(schema):  # an absent optional section stays absent: code asks `"tokenizer" in cfg`
+        if f.name not in data and out.get(f.name) is None and _dataclass_of(f.type) is not None:
+            del out[f.name]
+    for section in TARGET_SECTIONS:
+        if section in data:
+            out[section] = data[section]
+    out.update(unused)
+    return OmegaConf.create(out)

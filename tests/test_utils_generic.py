@@ -1,0 +1,85 @@
+"""The generic helpers of RandAR/utils: seeds, atomic writes, image grids."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from RandAR.utils.atomic import atomic_open, atomic_path, is_temporary, write_json
+from RandAR.utils.images import image_grid, image_row
+from RandAR.utils.seeding import Stream, seed_for, seeds_for
+
+M64 = (1 << 64) - 1
+
+
+def splitmix64_int(x: int) -> int:
+    """splitmix64 on Python integers, written from its definition (an independent check of the tensor version)."""
+    x = (x + 0x9E3779B97F4A7C15) & M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def seed_int(global_seed, stream, *keys):
+    h = splitmix64_int((keys[0] ^ (global_seed << 32)) & M64)
+    for k in keys[1:]:
+        h = splitmix64_int(h ^ k)
+    return splitmix64_int(h ^ stream) >> 1
+
+
+@pytest.mark.parametrize("global_seed", [0, 1, 2**31 - 1])
+def test_seeds_equal_the_integer_definition(global_seed):
+    indices = [0, 1, 7, 123456, 2**32 - 1]
+    for stream in Stream:
+        assert seeds_for(global_seed, stream, indices) == [seed_int(global_seed, stream, i) for i in indices]
+    assert seed_for(global_seed, Stream.TRAIN_STEP, 3, 99) == seed_int(global_seed, Stream.TRAIN_STEP, 3, 99)
+    assert seeds_for(global_seed, Stream.ITEM, [5, 6], 2) == [seed_int(global_seed, Stream.ITEM, k, 2) for k in (5, 6)]
+
+
+def test_seeds_differ_across_streams_and_keys_and_reject_bad_input():
+    seeds = {seed_for(0, s, k, j) for s in Stream for k in range(4) for j in range(4)}
+    assert len(seeds) == len(Stream) * 16
+    assert all(0 <= s < 2**63 for s in seeds)
+    with pytest.raises(ValueError, match="global seed"):
+        seed_for(2**31, Stream.IMAGE, 0)
+    with pytest.raises(ValueError, match="keys >= 0"):
+        seed_for(0, Stream.IMAGE, -1)
+
+
+def test_atomic_write_keeps_the_old_file_on_error(tmp_path):
+    path = str(tmp_path / "sub" / "a.json")
+    write_json({"v": 1}, path)
+    with pytest.raises(RuntimeError):
+        with atomic_open(path) as f:
+            f.write('{"v": 2')  # half a file, then a crash
+            raise RuntimeError("crash")
+    assert open(path).read().replace(" ", "").replace("\n", "") == '{"v":1}'
+    assert os.listdir(tmp_path / "sub") == ["a.json"]
+
+
+def test_atomic_path_keeps_the_extension_for_format_sniffing_writers(tmp_path):
+    path = str(tmp_path / "img.png")
+    with atomic_path(path) as tmp:
+        assert tmp.endswith(".png") and is_temporary(os.path.basename(tmp))
+        Image.fromarray(np.full((2, 3, 3), 7, np.uint8)).save(tmp)  # PIL picks PNG from the name
+        assert not os.path.exists(path)
+    assert os.listdir(tmp_path) == ["img.png"]
+    assert np.array_equal(np.asarray(Image.open(path)), np.full((2, 3, 3), 7, np.uint8))
+    assert not is_temporary("img.png") and not is_temporary(".hidden")
+
+
+def test_image_grid_places_each_image_row_by_row():
+    images = np.stack([np.full((2, 3, 3), i + 1, np.uint8) for i in range(5)])
+    grid = image_grid(images, pad=1, background=0)  # 5 images -> 3 columns, 2 rows
+    assert grid.shape == (2 * 3 - 1, 3 * 4 - 1, 3)
+    for i in range(5):
+        r, c = divmod(i, 3)
+        assert (grid[r * 3:r * 3 + 2, c * 4:c * 4 + 3] == i + 1).all()
+    assert (grid[2] == 0).all() and (grid[3:, 8:] == 0).all()  # the padding row, the missing sixth image
+    assert image_grid(images, cols=5, pad=0).shape == (2, 15, 3)
+
+
+def test_image_row_top_aligns_panels_of_different_sizes():
+    row = image_row([np.full((2, 2, 3), 1, np.uint8), np.full((4, 1, 3), 2, np.uint8)], pad=1, background=0)
+    assert row.shape == (6, 6, 3)
+    assert (row[1:3, 1:3] == 1).all() and (row[3:5, 1:3] == 0).all() and (row[1:5, 4] == 2).all()
