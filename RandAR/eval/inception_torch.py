@@ -15,6 +15,9 @@ from RandAR.eval import fid
 from RandAR.eval.tf_graph import TFGraph, read_graph_def
 
 BYTES_PER_IMAGE = 64 << 20  # generous peak activation memory of one 299x299 image through the graph, float32
+# On CPU the graph runs 8 images at a time: a layer's activations then mostly stay in cache between the
+# convolution and the batch norm, CheckNumerics and Relu that read them (measured 1.3x faster than 64 at once).
+CPU_CHUNK = 8
 
 
 def default_device() -> torch.device:
@@ -59,12 +62,16 @@ class InceptionV3Torch:
 
     def pool_features(self, images: np.ndarray):
         x = torch.from_numpy(np.array(images)).to(self.device).float()  # (N, H, W, 3) in [0, 255]
+        chunk = CPU_CHUNK if self.device.type == "cpu" else len(x)
+        pools, spatials = [], []
         with exact_float32():
-            pool, spatial = self.graph(x)  # (N, 1, 1, D), (N, h, w, C)
-            pool = pool.reshape(len(pool), -1)
+            for start in range(0, len(x), chunk):
+                pool, spatial = self.graph(x[start:start + chunk])  # (n, 1, 1, D), (n, h, w, C)
+                pools.append(pool.reshape(len(pool), -1))
+                spatials.append(spatial[..., :fid.SPATIAL_CHANNELS].reshape(len(spatial), -1))
+            pool = torch.cat(pools)
             probs = torch.softmax(pool @ self.softmax_weight, dim=-1)  # (N, classes)
-        spatial = spatial[..., :fid.SPATIAL_CHANNELS].reshape(len(spatial), -1)
-        return pool.cpu().numpy(), spatial.cpu().numpy(), probs.cpu().numpy()
+        return pool.cpu().numpy(), torch.cat(spatials).cpu().numpy(), probs.cpu().numpy()
 
     def close(self):
         pass
