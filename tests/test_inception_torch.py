@@ -29,14 +29,6 @@ def _normal(rng, *shape):
 
 # ---------------------------------------------------------------- per-op cases: (graph, feeds) with output "y"
 
-def _spatial_case(rng, g, op, k, s, padding, x_shape):
-    """Conv2D / pools: random attributes that TF's CPU kernels accept."""
-    attrs = dict(strides=[1, *s, 1], padding=padding)
-    if padding == "EXPLICIT":
-        attrs["explicit_paddings"] = [0, 0, *rng.integers(0, 3, 4).tolist(), 0, 0]
-    return attrs
-
-
 def case_conv2d(rng, g):
     n, h, w, cin, cout = rng.integers(1, 4), rng.integers(5, 13), rng.integers(5, 13), rng.integers(1, 6), \
         rng.integers(1, 7)
@@ -44,7 +36,9 @@ def case_conv2d(rng, g):
     dilated = rng.random() < 0.3
     s = [1, 1] if dilated else rng.integers(1, 4, 2).tolist()  # TF's CPU conv: dilations need stride 1
     padding = str(rng.choice(["SAME", "VALID", "EXPLICIT"]))
-    attrs = dict(T=F32, **_spatial_case(rng, g, "Conv2D", k, s, padding, None))
+    attrs = dict(T=F32, strides=[1, *s, 1], padding=padding)
+    if padding == "EXPLICIT":
+        attrs["explicit_paddings"] = [0, 0, *rng.integers(0, 3, 4).tolist(), 0, 0]
     if dilated:
         attrs["dilations"] = [1, 2, 2, 1]
     elif rng.random() < 0.5:
@@ -376,8 +370,9 @@ def test_five_metrics_match_tensorflow(inception):
 
 def test_torch_backend_runs_without_tensorflow(inception):
     path, ref, sample = inception
-    blocker = "import sys; sys.modules['tensorflow'] = None; from RandAR.eval import fid; " \
-              "fid.main(sys.argv[1:]); assert 'tensorflow' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]"
+    # `import tensorflow` raises ImportError when sys.modules holds None for it; afterwards no TF module is loaded.
+    blocker = ("import sys; sys.modules['tensorflow'] = None; from RandAR.eval import fid; fid.main(sys.argv[1:]); "
+               "assert not [m for m in sys.modules if m.split('.')[0] == 'tensorflow' and sys.modules[m]]")
     out = subprocess.run([sys.executable, "-c", blocker, ref, sample, "--inception-path", path, "--backend", "torch"],
                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert out.returncode == 0, out.stderr

@@ -230,7 +230,8 @@ def _same_padding(size: int, k: int, s: int, d: int) -> Tuple[int, int]:
 def _window(b: Builder, key: str):
     v = b.node.attr(key)
     if v is None or len(v) != 4 or v[0] != 1 or v[3] != 1:
-        raise ValueError(f"node {b.node.name} ({b.node.op}): {key}={v}: only spatial windows (1, h, w, 1) are supported")
+        raise ValueError(f"node {b.node.name} ({b.node.op}): {key}={v}: only spatial windows (1, h, w, 1) "
+                         f"are supported")
     return v[1], v[2]
 
 
