@@ -6,7 +6,6 @@ on image gradients (off by default: on the toy data it slowed the fall of the pi
 short CPU runs work: codes unused for a while are restarted on recent encoder outputs (else a 512-code book
 collapses to ~50 codes), and the decoder's first layer starts scaled to the l2-normalised codes' small values.
 """
-import dataclasses
 import glob
 import math
 import os
@@ -23,40 +22,7 @@ from RandAR.dataset.augmentation import center_crop_arr
 from RandAR.dataset.imagenet import collate_skip_bad
 from RandAR.utils.checkpoint import atomic_save_safetensors, load_model_weights
 from RandAR.utils.config import load_config
-
-
-@dataclasses.dataclass
-class VQTrainArgs:
-    """The `train:` section of a tokenization config (defaults for keys it leaves out)."""
-    iterations: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio after warmup
-    warmup_iters: int = 50
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables
-    recon_loss: str = "l2"  # l2 | l1
-    recon_weight: float = 1.0
-    edge_weight: float = 0.0  # l1 on horizontal/vertical pixel differences
-    codebook_weight: float = 1.0  # on vq + commitment + entropy losses (beta and entropy ratio live in the model)
-    restart_dead_codes_every: int = 0  # steps; 0 disables
-    restart_until: float = 0.75  # fraction of the iterations after which codes stay put, so the decoder settles
-    usage_window: int = 50  # steps over which a code counts as used (logging and restarts)
-    flip: bool = True  # random horizontal flips
-    bf16: bool = False  # encoder and decoder under bfloat16 autocast (the code lookup stays float32)
-    num_workers: int = 0  # DataLoader workers; 0 decodes in the training process
-    log_every: int = 20
-    sample_every: int = 250  # reconstruction PNGs
-    ckpt_every: int = 250
-    keep_checkpoints: int = 2
-    num_eval_images: int = 500  # held-out images for the final MSE / code-usage report
-    seed: int = 0
-
-    def __post_init__(self):
-        assert self.recon_loss in ("l1", "l2"), f"train.recon_loss must be l1 or l2, got {self.recon_loss!r}"
-        assert self.iterations > 0 and self.batch_size > 0, "train.iterations and train.batch_size must be > 0"
+from RandAR.utils.config_schema import VQTrainArgs
 
 
 def load_train_config(path: str, overrides: Sequence[str] = ()) -> Tuple[DictConfig, VQTrainArgs]:
