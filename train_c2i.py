@@ -10,7 +10,7 @@ All step counts (max_iters, warm_up_iters, log/ckpt/visualize_every) are optimiz
 the batch of one optimizer step over all processes and accumulation steps.
 
 A relaunch with the same command resumes from the newest complete checkpoint (local or mirrored) and ends
-with the same weights as an uninterrupted run; see RandAR/utils/train_state.py for how.
+with the same weights as an uninterrupted run; see RandAR/training/state.py for how.
 """
 import argparse
 import inspect
@@ -35,16 +35,16 @@ except ImportError:  # torch < 2.5 (no FSDP2 there: gradients are never DTensors
 from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
 from RandAR.utils.checkpoint import strip_wrapper_prefixes
-from RandAR.utils.checkpoint_rotation import (clear_temporaries, experiment_name, latest_checkpoint,
+from RandAR.training.checkpoints import (clear_temporaries, experiment_name, latest_checkpoint,
                                               mirror_checkpoint, prune_checkpoints, save_checkpoint)
 from RandAR.utils.config import get_obj_from_str, load_config, to_plain
 from RandAR.utils.config_schema import ConfigError, constructor_arguments
 from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb
-from RandAR.utils.lr_scheduler import scheduler_from_config
-from RandAR.utils.train_state import (EMA, SeededItems, StepBatchSampler, StopRequest, TrainState, sample_seed,
+from RandAR.training.lr_schedule import scheduler_from_config
+from RandAR.training.state import (EMA, SeededItems, StepBatchSampler, StopRequest, TrainState, sample_seed,
                                       step_seed)
 from RandAR.utils.versions import require_versions
-from RandAR.utils.visualization import stack_panels, training_panels
+from RandAR.training.visualization import stack_panels, training_panels
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 import train_c2i
-from RandAR.utils.checkpoint_rotation import checkpoint_name, prune_checkpoints
+from RandAR.training.checkpoints import checkpoint_name, prune_checkpoints
 from RandAR.utils.config import instantiate_from_config, load_config
 from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, ConfigError, RandARConfig
 from RandAR.utils.sample_io import load_models
@@ -102,7 +102,7 @@ def _code_defaults():
     """`<section>.get("key", default)` calls in the code that reads training configs -> {(section, key): default}."""
     sections = {"cfg": "", "acc_cfg": "accelerator", "opt_cfg": "optimizer", "lr_cfg": "lr_scheduler"}
     found = {}
-    for rel in ("train_c2i.py", "RandAR/utils/lr_scheduler.py", "RandAR/utils/sample_io.py"):
+    for rel in ("train_c2i.py", "RandAR/training/lr_schedule.py", "RandAR/utils/sample_io.py"):
         source = open(os.path.join(ROOT, rel)).read()
         for var, key, default in re.findall(r"\b(\w+)\.get\(\"(\w+)\",\s*([^()]+?)\)", source):
             if var in sections:

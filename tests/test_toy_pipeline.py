@@ -127,7 +127,7 @@ def test_tokenizer_trainer_writes_checkpoints_and_resumes(data_dir, tmp_path, ca
 def test_tokenizer_bf16_training_step_agrees_with_float32():
     """train.bf16=true: the same step from the same weights gives nearly the same losses and codes as
     float32, the weights stay float32, and the encoder outputs handed to code restarts are float32."""
-    from RandAR.utils import tokenizer_training as tt
+    from RandAR.training import vq as tt
 
     x = torch.rand(8, 3, 32, 32) * 2 - 1
     results = {}

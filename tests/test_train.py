@@ -14,9 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from RandAR.utils.checkpoint_rotation import (checkpoint_name, clear_temporaries, latest_checkpoint,
+from RandAR.training.checkpoints import (checkpoint_name, clear_temporaries, latest_checkpoint,
                                               list_checkpoints, mirror_checkpoint, prune_checkpoints)
-from RandAR.utils.train_state import EMA, SeededItems, StepBatchSampler
+from RandAR.training.state import EMA, SeededItems, StepBatchSampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable

@@ -4,7 +4,7 @@
         --results-dir results/toy_vq --image-size 32 [train.iterations=3000 train.lr=2e-3 ...]
 
 The config holds the model (`model:` target/params, what build_tokenizer reads) and the training settings
-(`train:`, see RandAR.utils.tokenizer_training.VQTrainArgs); trailing `key=value` arguments override either.
+(`train:`, see RandAR.training.vq.VQTrainArgs); trailing `key=value` arguments override either.
 Writes into --results-dir: config.yaml, checkpoints/<step>.safetensors (+ .train.pt optimizer state; a rerun
 resumes from the newest), recon/<step>.png (inputs above reconstructions), log.jsonl, and at the end
 vq.safetensors (weights only, loads strictly with build_tokenizer) and metrics.json (held-out MSE, code usage).
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.dataset.builder import build_dataset  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
-from RandAR.utils import tokenizer_training as tt  # noqa: E402
+from RandAR.training import vq as tt  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
 from RandAR.utils.config_schema import ConfigError  # noqa: E402
 from RandAR.utils.versions import require_versions  # noqa: E402
