@@ -347,7 +347,7 @@ def test_clip_and_check_skips_bad_updates():
     from accelerate import Accelerator
     from omegaconf import OmegaConf
 
-    import train_c2i
+    from RandAR.training.step import clip_and_check
     acc = Accelerator(cpu=True)
     model = torch.nn.Linear(3, 1, bias=False)
     opt_cfg = OmegaConf.create({"max_grad_norm": 1.0, "skip_grad_iter": 5, "skip_grad_norm": 10.0,
@@ -355,7 +355,7 @@ def test_clip_and_check_skips_bad_updates():
 
     def check(grad, step, loss=1.0, stop=False):
         model.weight.grad = torch.full_like(model.weight, grad)
-        return train_c2i.clip_and_check(acc, model, torch.tensor(loss), opt_cfg, step, stop)
+        return clip_and_check(acc, model, torch.tensor(loss), opt_cfg, step, stop)
 
     norm, skip, stop = check(20.0, step=6)
     assert skip and not stop and norm.item() == pytest.approx(20.0 * 3 ** 0.5)

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.dataset.augmentation import AUG_MODES, DEFAULT_CROP_RANGE, to_tokenizer_input, views_transform  # noqa: E402
-from RandAR.dataset.builder import build_dataset, image_source  # noqa: E402
+from RandAR.dataset.builder import build_image_dataset, image_source  # noqa: E402
 from RandAR.dataset.imagenet import collate_skip_bad  # noqa: E402
 from RandAR.dataset.latent import MANIFEST_NAME, codes_manifest  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
@@ -184,7 +184,7 @@ def main(argv=None):
     if error:
         sys.exit(f"error: {error}")
 
-    dataset = build_dataset(args.dataset, args.data_path, is_train=not args.debug,
+    dataset = build_image_dataset(args.dataset, args.data_path, is_train=not args.debug,
                             transform=views_transform(args.aug_mode, args.image_size, args.crop_range))
     for label in range(dataset.num_classes):
         os.makedirs(os.path.join(out_dir, str(label)), exist_ok=True)

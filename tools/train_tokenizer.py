@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from RandAR.dataset.builder import build_dataset  # noqa: E402
+from RandAR.dataset.builder import build_image_dataset  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.training import vq as tt  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
@@ -45,10 +45,10 @@ def held_out_images(args, n: int) -> torch.Tensor:
     """n images of the val split if there is one, else of the train split (then the numbers are not held out)."""
     crop = tt.CenterCropUint8(args.image_size)
     try:
-        ds = build_dataset(args.dataset, args.data_path, is_train=False, transform=crop)
+        ds = build_image_dataset(args.dataset, args.data_path, is_train=False, transform=crop)
     except FileNotFoundError:
         print("no val split found: evaluating on training images", flush=True)
-        ds = build_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
+        ds = build_image_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
     return tt.fixed_images(ds, n)
 
 
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
         tt.init_for_training(model)
 
     crop = tt.CenterCropUint8(args.image_size)
-    train_set = build_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
+    train_set = build_image_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
     # Offsetting the seeds by the step gives a resumed run fresh (not repeated) batches and flips.
     batches = tt.infinite_batches(train_set, targs.batch_size, targs.seed + start, targs.num_workers)
     gen = torch.Generator().manual_seed(targs.seed + start)
