@@ -21,11 +21,13 @@ def export_steps(cfg):
 
 
 def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger):
+    """Checkpoint the current step (every process), prune old states, and copy it to the mirror folder."""
     exports = {".safetensors": (strip_wrapper_prefixes(accelerator.get_state_dict(model)),
                                 export_metadata(cfg, state.step, "model"))}
     if ema is not None:
         exports[".ema.safetensors"] = (ema.state_dict(), export_metadata(cfg, state.step, "ema"))
-    path = save_checkpoint(accelerator, ckpt_dir, state.step, exports)
+    path = save_checkpoint(ckpt_dir, state.step, accelerator.save_state, exports, accelerator.is_main_process,
+                           accelerator.wait_for_everyone)
     if accelerator.is_main_process:
         logger.info(f"saved checkpoint {path}")
         keep_exports = export_steps(cfg)
