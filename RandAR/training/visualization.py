@@ -93,7 +93,8 @@ def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
     raw = unwrap(accelerator, model)
     seed = seed_for(cfg.global_seed, Stream.VIS_SAMPLES, step)
     panels = training_panels(raw, tokenizer, logits, order, codes, labels, cfg.get("visualize_num", 32),
-                             VIS_CFG_SCALES, raw.num_inference_steps, seed=seed, free_samples=accelerator.distributed_type != DistributedType.FSDP)
+                             VIS_CFG_SCALES, raw.num_inference_steps, seed=seed,
+                             free_samples=accelerator.distributed_type != DistributedType.FSDP)
     path = os.path.join(exp_dir, "visualizations", f"iters_{step:08d}.png")
     with atomic_path(path) as tmp:
         Image.fromarray(stack_panels(panels)).save(tmp)
