@@ -1,5 +1,6 @@
 """Datasets and augmentations: ImageNet tar reader, image folder, latent codes, ADM crop and ten-crop."""
 import io
+import json
 import os
 import tarfile
 
@@ -12,7 +13,8 @@ from PIL import Image
 from RandAR.dataset.augmentation import center_crop_arr, five_crop, make_views, ten_crop, views_transform
 from RandAR.dataset.builder import build_image_dataset, build_latent_dataset
 from RandAR.dataset.imagenet import BadImage, ImageFolderDataset, ImageTarDataset, collate_skip_bad
-from RandAR.dataset.latent import INatLatentDataset, LatentCodeDataset
+from RandAR.dataset.latent import (MANIFEST_NAME, INatLatentDataset, LatentCodeDataset, check_codes_fit,
+                                   codes_manifest)
 
 # (wnid, file, kind, (width, height)); written to the tar in this (unsorted) order.
 SPEC = [
@@ -321,3 +323,24 @@ def test_build_latent_dataset_checks_codes_and_labels_against_the_model(tmp_path
     with pytest.raises(ValueError, match="labels up to 2 but the model has num_classes=2"):
         build_latent_dataset(latent_section(str(tmp_path)), vocab_size=64, block_size=16, num_classes=2,
                              verbose=False)
+
+
+def _manifest(root, tokenizer_target):
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, MANIFEST_NAME), "w") as f:
+        json.dump(codes_manifest(split="train", dataset="imagenet", tokenizer="t", tokenizer_target=tokenizer_target,
+                                 codebook_size=64, vq_ckpt="x", image_size=32, aug_mode="adm", crop_range=None,
+                                 code_length=16), f)
+
+
+def test_manifest_tokenizer_target_compares_classes_not_strings(tmp_path):
+    """A folder extracted when its class lived under another module path fits; another tokenizer does not."""
+    root = str(tmp_path / "codes")
+    _manifest(root, "RandAR.dataset.imagenet.INatLatentDataset")  # the same class as the one below, re-exported
+    check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.dataset.latent.INatLatentDataset")
+    _manifest(root, "RandAR.model.tokenizer.VQModel")
+    with pytest.raises(ValueError, match="tokenizer_target 'RandAR.model.tokenizer.VQModel'"):
+        check_codes_fit(root, vocab_size=64, block_size=16,
+                        tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer")
+    with pytest.raises(ValueError, match="tokenizer_target"):  # a target that no longer imports is not equal
+        check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.model.gone.VQModel")
