@@ -129,6 +129,18 @@ def test_outputs_exports_visualisations_and_wandb(reference):
         assert name in out
 
 
+def test_training_state_names_no_module_path(reference):
+    """accelerator.save_state pickles the registered TrainState, scheduler and EMA as their state_dicts (plain
+    values and tensors), so a state saved before a module moved (RandAR/utils/train_state.py ->
+    RandAR/training/state.py) still loads: no file of the folder refers to a RandAR module."""
+    exp, _, _ = reference
+    folder = exp / "checkpoints" / checkpoint_name(MAX_ITERS)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("custom_checkpoint_") for p in files)  # TrainState, scheduler, EMA
+    for p in files:
+        assert b"RandAR" not in p.read_bytes(), p
+
+
 def test_keep_last_k_and_disk_mirror(reference):
     exp, mirror, _ = reference
     want = [checkpoint_name(s) for s in (MAX_ITERS - 10, MAX_ITERS)]
