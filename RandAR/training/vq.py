@@ -1,4 +1,4 @@
-"""Pieces of VQ tokenizer training (tools/train_tokenizer.py): settings, losses, data, checkpoints, evaluation.
+"""Pieces of VQ tokenizer training (tools/train_tokenizer.py): config, losses, schedule, data, evaluation, checkpoints.
 
 The loss is LlamaGen's without the perceptual and GAN terms: a pixel loss (l2 or l1) on the reconstruction,
 plus the quantizer's codebook, commitment and entropy losses as VQModel returns them, plus an optional l1 loss
