@@ -9,7 +9,7 @@ from accelerate.utils import ProjectConfiguration
 from RandAR.training.lr_schedule import scheduler_from_config
 from RandAR.training.step import skip_rule
 from RandAR.utils.atomic import is_temporary
-from RandAR.utils.config_schema import ConfigError, constructor_arguments
+from RandAR.utils.config_schema import ConfigError
 
 
 class InputError(ValueError):
@@ -47,9 +47,7 @@ def check_inputs(cfg, config_path: str, gpt_ckpt=None):
                               cfg.max_iters)
     except ValueError as e:
         raise ConfigError(f"{config_path}: {e}") from e
-    root = (cfg.dataset.get("params") or {}).get("root_dir")
-    if root is not None or "root_dir" in (constructor_arguments(cfg.dataset.target) or ()):
-        check_data_folder(root)
+    check_data_folder((cfg.dataset.get("params") or {}).get("root_dir"))
     if cfg.visualize_every and cfg.vq_ckpt and not os.path.isfile(cfg.vq_ckpt):
         raise InputError(f"tokenizer checkpoint not found: {cfg.vq_ckpt} (the visualisations decode with it: "
                          f"pass --vq-ckpt, or --visualize-every 0)")
