@@ -10,44 +10,35 @@ All step counts (max_iters, warm_up_iters, log/ckpt/visualize_every) are optimiz
 the batch of one optimizer step over all processes and accumulation steps.
 
 A relaunch with the same command resumes from the newest complete checkpoint (local or mirrored) and ends
-with the same weights as an uninterrupted run; see RandAR/utils/train_state.py for how.
+with the same weights as an uninterrupted run; see RandAR/training/state.py for how. The pieces live in
+RandAR/training/: setup (checks before any work), step (one optimizer step), export (checkpoints), visualization.
 """
 import argparse
-import inspect
-import json
-import math
 import os
 import sys
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list
 from omegaconf import OmegaConf
-from PIL import Image
 from torch.utils.data import DataLoader
 
-try:
-    from torch.distributed.tensor import DTensor, Partial
-except ImportError:  # torch < 2.5 (no FSDP2 there: gradients are never DTensors)
-    from torch.distributed._tensor import DTensor
-    Partial = None
-
+from RandAR.dataset.builder import build_latent_dataset
 from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
-from RandAR.utils.checkpoint import strip_wrapper_prefixes
-from RandAR.utils.checkpoint_rotation import (clear_temporaries, experiment_name, latest_checkpoint,
-                                              mirror_checkpoint, prune_checkpoints, save_checkpoint)
-from RandAR.utils.config import get_obj_from_str, load_config, to_plain
-from RandAR.utils.config_schema import ConfigError, constructor_arguments
+from RandAR.training.checkpoints import clear_temporaries, experiment_name, latest_checkpoint
+from RandAR.training.export import export_steps, save_and_mirror
+from RandAR.training.lr_schedule import scheduler_from_config
+from RandAR.training.setup import (InputError, build_accelerator, check_checkpoint_kind, check_inputs,
+                                   load_tokenizer)
+from RandAR.training.state import EMA, SeededItems, StepBatchSampler, StopRequest, TrainState
+from RandAR.training.step import build_optimizer, clip_and_check, forward_backward, unwrap
+from RandAR.training.visualization import visualize
+from RandAR.utils.config import load_config, to_plain
+from RandAR.utils.config_schema import ConfigError
+from RandAR.utils.distributed import allow_tf32
 from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb
-from RandAR.utils.lr_scheduler import scheduler_from_config
-from RandAR.utils.train_state import (EMA, SeededItems, StepBatchSampler, StopRequest, TrainState, sample_seed,
-                                      step_seed)
+from RandAR.utils.seeding import Stream, seed_for
 from RandAR.utils.versions import require_versions
-from RandAR.utils.visualization import stack_panels, training_panels
-
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
 
 # flag -> config key it overrides (flags win over the YAML and over dotlist overrides)
 FLAG_KEYS = {"data_path": "dataset.params.root_dir", "vq_ckpt": "vq_ckpt", "results_dir": "results_dir",
@@ -55,11 +46,6 @@ FLAG_KEYS = {"data_path": "dataset.params.root_dir", "vq_ckpt": "vq_ckpt", "resu
              "visualize_num": "visualize_num", "keep_last_k": "keep_last_k", "num_workers": "num_workers",
              "global_seed": "global_seed", "mixed_precision": "accelerator.mixed_precision",
              "wandb_entity": "wandb_entity", "wandb_project": "wandb_project", "wandb_run_name": "wandb_run_name"}
-VIS_CFG_SCALES = (4.0, 4.0)  # guidance of the free samples in the visualisations (the original's)
-
-
-class InputError(ValueError):
-    """A missing or unusable input, found before anything is built or written."""
 
 
 def resolve_config(args):
@@ -81,228 +67,10 @@ def resolve_config(args):
     return cfg
 
 
-def check_data_folder(root):
-    """The latent-code folder exists and holds at least one `<label>/<index>.npy` (cheap: stops at the first)."""
-    if not root or not os.path.isdir(root):
-        raise InputError(f"data folder not found: {root} (--data-path: the codes of tools/extract_latent_codes.py)")
-    for entry in os.scandir(root):
-        if entry.is_dir() and entry.name.isdigit():
-            if any(f.name.endswith(".npy") for f in os.scandir(entry.path)):
-                return
-    raise InputError(f"data folder {root} holds no code files <label>/<index>.npy (--data-path: the codes of "
-                     f"tools/extract_latent_codes.py)")
-
-
-def check_inputs(cfg, args):
-    """Everything that can be checked cheaply, before the accelerator, the experiment folder or the model."""
-    if cfg.accelerator.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"accelerator.mixed_precision={cfg.accelerator.mixed_precision!r}: use no, fp16 or bf16")
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
-    accum = cfg.accelerator.gradient_accumulation_steps
-    if cfg.global_batch_size < 1 or cfg.global_batch_size % (world * accum):
-        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by world size {world} x "
-                          f"gradient_accumulation_steps {accum} (or not positive)")
-    try:
-        skip_rule(cfg.optimizer)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    # the schedule's settings, on a throw-away optimizer (the same code builds the real one)
-    try:
-        scheduler_from_config(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg.lr_scheduler,
-                              cfg.max_iters)
-    except ValueError as e:
-        raise ConfigError(f"{args.config}: {e}") from e
-    root = (cfg.dataset.get("params") or {}).get("root_dir")
-    if root is not None or "root_dir" in (constructor_arguments(cfg.dataset.target) or ()):
-        check_data_folder(root)
-    if cfg.visualize_every and cfg.vq_ckpt and not os.path.isfile(cfg.vq_ckpt):
-        raise InputError(f"tokenizer checkpoint not found: {cfg.vq_ckpt} (the visualisations decode with it: "
-                         f"pass --vq-ckpt, or --visualize-every 0)")
-    if args.gpt_ckpt and not os.path.isfile(args.gpt_ckpt):
-        raise InputError(f"--gpt-ckpt not found: {args.gpt_ckpt}")
-
-
-def build_accelerator(cfg, exp_dir, compile_model: bool):
-    """Accelerator from the config's `accelerator:` section; returns it and the tracker name (or None)."""
-    acc_cfg = cfg.get("accelerator", {})
-    log_with = acc_cfg.get("log_with")
-    log_with = None if str(log_with).lower() in ("none", "null", "") else log_with
-    accelerator = Accelerator(
-        mixed_precision=acc_cfg.mixed_precision, log_with=log_with,
-        gradient_accumulation_steps=acc_cfg.get("gradient_accumulation_steps", 1),
-        project_config=ProjectConfiguration(project_dir=exp_dir),
-        cpu=not torch.cuda.is_available(),  # lets torchrun on CPU run as one gloo process group
-        # inductor's CPU start-up is slow and needs a C++ toolchain, so CPU runs are never compiled
-        dynamo_backend="inductor" if torch.cuda.is_available() and compile_model else "no")
-    return accelerator, log_with
-
-
-def load_tokenizer(cfg, model, device):
-    """The tokenizer, for the visualisations only (training reads codes): main process, on demand."""
-    from RandAR.model.tokenizers import build_tokenizer
-    tokenizer = build_tokenizer(cfg.tokenizer, cfg.vq_ckpt, device=device)
-    if tokenizer.codebook_size != model.vocab_size:
-        raise ValueError(f"tokenizer codebook {tokenizer.codebook_size} != model vocab_size {model.vocab_size}")
-    return tokenizer
-
-
-def build_dataset(cfg, model, verbose: bool = True):
-    """The config's dataset with root_dir from --data-path; ids and lengths checked against the model."""
-    params = dict(to_plain(cfg.dataset.get("params", {})) or {})
-    cls = get_obj_from_str(cfg.dataset.target)
-    accepted = inspect.signature(cls).parameters
-    if "vocab_size" in accepted:
-        params.update(vocab_size=model.vocab_size, block_size=model.block_size)
-    if "verbose" in accepted:
-        params.update(verbose=verbose)
-    dataset = cls(**params)
-    if getattr(dataset, "num_classes", 0) > model.num_classes:
-        raise ValueError(f"the data has labels up to {dataset.num_classes - 1} but the model has "
-                         f"num_classes={model.num_classes}")
-    return dataset
-
-
-def build_optimizer(model, opt_cfg, fused: bool):
-    """AdamW; weight decay only on tensors of 2 or more dimensions (matmul weights, embeddings)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": opt_cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=(opt_cfg.beta1, opt_cfg.beta2), fused=fused)
-
-
-SKIP_RULES = ("sum_clipped", "global_norm")
-
-
-def skip_rule(opt_cfg) -> str:
-    """optimizer.skip_grad_rule: "sum_clipped" (the original release's, the default) or "global_norm"."""
-    rule = str(opt_cfg.get("skip_grad_rule", "sum_clipped"))
-    if rule not in SKIP_RULES:
-        raise ValueError(f"optimizer.skip_grad_rule: {rule!r} is not one of {', '.join(SKIP_RULES)}")
-    return rule
-
-
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor (what FSDP2 hands out) as the plain tensor it stands for; other tensors as they are."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def sum_of_grad_norms(parameters) -> torch.Tensor:
-    """Sum over parameters of the 2-norm of each gradient, on the device (the original's skip measure).
-
-    Under FSDP2 a gradient is a DTensor sharded over ranks: its squared norm is the sum of its shards' squared
-    norms, so the local sums of squares of all sharded tensors are reduced in one collective per device mesh.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    plain = [g for g in grads if not isinstance(g, DTensor)]
-    total = torch.stack(torch._foreach_norm(plain)).float().sum() if plain else None
-    by_layout = {}
-    for g in grads:
-        if isinstance(g, DTensor):
-            by_layout.setdefault((g.device_mesh, tuple(g.placements)), []).append(g)
-    for (mesh, placements), group in by_layout.items():
-        local = torch.stack(torch._foreach_norm([g.to_local() for g in group])).float().pow(2)
-        # sharded dimensions of the mesh hold parts of the sum; replicated ones hold copies of it
-        squares = DTensor.from_local(local, mesh, [Partial() if p.is_shard() else p for p in placements])
-        part = squares.full_tensor().sqrt().sum()
-        total = part if total is None else total + part.to(total.device)
-    return total if total is not None else torch.zeros(())
-
-
-def clip_and_check(accelerator, model, loss, opt_cfg, step, stop_requested):
-    """Clip, then decide on the device whether to skip this update; one host sync for the whole decision.
-
-    Returns (global grad norm before clipping, as a plain tensor, skip, stop). Skip: a non-finite loss or
-    gradient on any process, or, from step skip_grad_iter on, a gradient above skip_grad_norm measured by
-    optimizer.skip_grad_rule: "sum_clipped" (the original release's rule: the sum of the per-tensor gradient
-    norms after clipping is >= skip_grad_norm) or "global_norm" (the global norm before clipping is > it).
-    """
-    rule = skip_rule(opt_cfg)
-    max_norm = opt_cfg.get("max_grad_norm", 0.0) or math.inf  # 0 = no clipping, still measure the norm
-    norm = full_tensor(accelerator.clip_grad_norm_(model.parameters(), max_norm)).float()
-    skip = ~torch.isfinite(norm) | ~torch.isfinite(loss)
-    limit = opt_cfg.get("skip_grad_norm", None)
-    if limit and step >= opt_cfg.get("skip_grad_iter", 0):
-        if rule == "sum_clipped":
-            skip = skip | (sum_of_grad_norms(model.parameters()).to(norm.device) >= limit)
-        else:
-            skip = skip | (norm > limit)
-    flags = torch.stack([skip.float(), torch.tensor(float(stop_requested), device=norm.device)])
-    skip, stop = (accelerator.reduce(flags, "max") > 0).tolist()
-    return norm, skip, stop
-
-
-def unwrap(accelerator, model):
-    """The plain module under Accelerate's wrappers and torch.compile's, with any Accelerate version (the
-    keep_torch_compile argument appeared only in 1.3; before, unwrap_model keeps the compiled wrapper)."""
-    raw = accelerator.unwrap_model(model)
-    return getattr(raw, "_orig_mod", raw)
-
-
-def forward_backward(accelerator, model, codes, labels, keep_for_vis: int):
-    """One micro-batch; returns the detached loss and, if asked, what the visualisation needs."""
-    with accelerator.accumulate(model):
-        logits, loss, order = model(codes, labels, targets=codes)
-        accelerator.backward(loss)
-    vis = (logits[:keep_for_vis].detach(), order[:keep_for_vis], codes, labels) if keep_for_vis else None
-    return loss.detach(), vis
-
-
-def check_checkpoint_kind(path, fsdp: bool):
-    """A sharded FSDP state resumes only under FSDP, and a DDP/single-process state only outside it."""
-    sharded = os.path.isdir(os.path.join(path, "pytorch_model_fsdp_0"))
-    if sharded != fsdp:
-        saved, now = ("FSDP", "without FSDP") if sharded else ("without FSDP", "under FSDP")
-        raise SystemExit(f"error: {path} was saved {saved} and this run is {now}: relaunch it as it was saved, "
-                         f"or start a new --exp-name from its export with --gpt-ckpt {path}.safetensors")
-
-
-def export_metadata(cfg, step, weights):
-    return {"format": "randar", "weights": weights, "step": str(step), "config": json.dumps(to_plain(cfg)),
-            "ar_model": json.dumps(to_plain(cfg.ar_model))}
-
-
-def export_steps(cfg):
-    """Steps whose model-only exports outlive their full training state: the milestones and the last step."""
-    return set(cfg.export_milestones) | {cfg.max_iters}
-
-
-def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger):
-    exports = {".safetensors": (strip_wrapper_prefixes(accelerator.get_state_dict(model)),
-                                export_metadata(cfg, state.step, "model"))}
-    if ema is not None:
-        exports[".ema.safetensors"] = (ema.state_dict(), export_metadata(cfg, state.step, "ema"))
-    path = save_checkpoint(accelerator, ckpt_dir, state.step, exports)
-    if accelerator.is_main_process:
-        logger.info(f"saved checkpoint {path}")
-        keep_exports = export_steps(cfg)
-        prune_checkpoints(ckpt_dir, cfg.keep_last_k, keep_exports)
-        if mirror_dir:
-            try:
-                copy = mirror_checkpoint(ckpt_dir, state.step, mirror_dir, cfg.keep_last_k, keep_exports)
-                logger.info(f"mirrored checkpoint to {copy}")
-            except Exception as e:  # a full or flaky slow disk must not stop training
-                logger.error(f"could not mirror checkpoint {state.step} to {mirror_dir}: {type(e).__name__}: {e}")
-    accelerator.wait_for_everyone()
-
-
-def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
-    logits, order, codes, labels = vis
-    raw = unwrap(accelerator, model)
-    panels = training_panels(raw, tokenizer, logits, order, codes, labels, cfg.get("visualize_num", 32),
-                             VIS_CFG_SCALES, raw.num_inference_steps, seed=sample_seed(cfg.global_seed, step),
-                             free_samples=accelerator.distributed_type != DistributedType.FSDP)
-    path = os.path.join(exp_dir, "visualizations", f"iters_{step:08d}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(stack_panels(panels)).save(path)
-    if "wandb" in str(cfg.accelerator.get("log_with")):
-        import wandb
-        accelerator.log({f"vis/{k}": wandb.Image(v) for k, v in panels.items()}, step=step)
-    logger.info(f"saved visualisation {path}")
-
-
 def main(args):
+    allow_tf32()  # as the original release trained
     cfg = resolve_config(args)
-    check_inputs(cfg, args)
+    check_inputs(cfg, args.config, args.gpt_ckpt)
     try:  # codes of another tokenizer, vocabulary or split: stop before any folder is made
         check_codes_for_config(cfg)
     except ValueError as e:
@@ -364,7 +132,8 @@ def main(args):
         logger.info(f"resumed from {found[1]} at step {state.step} ({state.skipped} skipped so far)")
 
     # ---- data ---------------------------------------------------------------------------------------
-    dataset = build_dataset(cfg, raw_model, verbose=accelerator.is_main_process)
+    dataset = build_latent_dataset(cfg.dataset, raw_model.vocab_size, raw_model.block_size, raw_model.num_classes,
+                                   verbose=accelerator.is_main_process)
     sampler = StepBatchSampler(len(dataset), batch_size, world, rank, accum, cfg.global_seed, start_step=state.step)
     workers = cfg.get("num_workers", 0)
     loader = DataLoader(SeededItems(dataset, cfg.global_seed), batch_sampler=sampler, num_workers=workers,
@@ -391,7 +160,7 @@ def main(args):
     tokens_per_step = cfg.global_batch_size * raw_model.block_size
     model.train()
     while state.step < cfg.max_iters:
-        torch.manual_seed(step_seed(cfg.global_seed, rank, state.step))  # randomness = f(seed, rank, step)
+        torch.manual_seed(seed_for(cfg.global_seed, Stream.TRAIN_STEP, rank, state.step))  # = f(seed, rank, step)
         want_vis = tokenizer is not None and (state.step + 1) % vis_every == 0
         loss = 0.0
         for micro in range(accum):

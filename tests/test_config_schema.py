@@ -1,6 +1,7 @@
 """Config schemas (RandAR.utils.config_schema), train_c2i.py's checks before any work, and checkpoint retention."""
 import ast
 import dataclasses
+import glob
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 import train_c2i
-from RandAR.utils.checkpoint_rotation import checkpoint_name, prune_checkpoints
+from RandAR.training.checkpoints import checkpoint_name, prune_checkpoints
 from RandAR.utils.config import instantiate_from_config, load_config
 from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, ConfigError, RandARConfig
 from RandAR.utils.sample_io import load_models
@@ -102,8 +103,12 @@ def _code_defaults():
     """`<section>.get("key", default)` calls in the code that reads training configs -> {(section, key): default}."""
     sections = {"cfg": "", "acc_cfg": "accelerator", "opt_cfg": "optimizer", "lr_cfg": "lr_scheduler"}
     found = {}
-    for rel in ("train_c2i.py", "RandAR/utils/lr_scheduler.py", "RandAR/utils/sample_io.py"):
-        source = open(os.path.join(ROOT, rel)).read()
+    paths = [os.path.join(ROOT, "train_c2i.py")]
+    for pattern in ("RandAR/training/*.py", "RandAR/utils/sample_io.py", "RandAR/sampling/*.py"):
+        paths += sorted(glob.glob(os.path.join(ROOT, pattern)))
+    paths.remove(os.path.join(ROOT, "RandAR/training/vq.py"))  # reads tokenizer configs (VQTrainArgs)
+    for path in paths:
+        source = open(path).read()
         for var, key, default in re.findall(r"\b(\w+)\.get\(\"(\w+)\",\s*([^()]+?)\)", source):
             if var in sections:
                 found[(sections[var], key)] = ast.literal_eval(default.strip())

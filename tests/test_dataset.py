@@ -1,17 +1,20 @@
 """Datasets and augmentations: ImageNet tar reader, image folder, latent codes, ADM crop and ten-crop."""
 import io
+import json
 import os
 import tarfile
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from RandAR.dataset.augmentation import center_crop_arr, five_crop, make_views, ten_crop, views_transform
-from RandAR.dataset.builder import build_dataset
+from RandAR.dataset.builder import build_image_dataset, build_latent_dataset
 from RandAR.dataset.imagenet import BadImage, ImageFolderDataset, ImageTarDataset, collate_skip_bad
-from RandAR.dataset.latent import INatLatentDataset, LatentCodeDataset
+from RandAR.dataset.latent import (MANIFEST_NAME, INatLatentDataset, LatentCodeDataset, check_codes_fit,
+                                   codes_manifest)
 
 # (wnid, file, kind, (width, height)); written to the tar in this (unsorted) order.
 SPEC = [
@@ -224,8 +227,8 @@ def test_folder_dataset_and_builder(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
     (tmp_path / "folder" / "train" / "n01000000" / "notes.txt").write_text("not an image")
-    ds = build_dataset("folder", str(tmp_path / "folder"))  # picks <data-path>/train
-    tar_ds = build_dataset("imagenet", str(tmp_path / "tar"))
+    ds = build_image_dataset("folder", str(tmp_path / "folder"))  # picks <data-path>/train
+    tar_ds = build_image_dataset("imagenet", str(tmp_path / "tar"))
     assert isinstance(ds, ImageFolderDataset) and len(ds) == len(tar_ds) == len(members)
     assert ds.classes == tar_ds.classes
     for i in range(len(ds)):
@@ -236,7 +239,7 @@ def test_folder_dataset_and_builder(tmp_path):
         else:
             np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
     with pytest.raises(FileNotFoundError, match="val.tar"):
-        build_dataset("imagenet", str(tmp_path / "tar"), is_train=False)
+        build_image_dataset("imagenet", str(tmp_path / "tar"), is_train=False)
 
 
 # ---------------------------------------------------------------- latent codes
@@ -302,4 +305,42 @@ def test_latent_dataset_points_at_wrong_level(tmp_path):
     with pytest.raises(ValueError, match="one level further down"):
         INatLatentDataset(str(tmp_path))
     with pytest.raises(FileNotFoundError):
-        build_dataset("latent", str(tmp_path / "missing"))
+        build_latent_dataset(latent_section(str(tmp_path / "missing")), vocab_size=64, block_size=16)
+
+
+def latent_section(root_dir):
+    return OmegaConf.create({"target": "RandAR.dataset.imagenet.INatLatentDataset", "params": {"root_dir": root_dir}})
+
+
+def test_build_latent_dataset_checks_codes_and_labels_against_the_model(tmp_path):
+    """The config's dataset section, built with the model's vocab_size, block_size and num_classes."""
+    write_codes(str(tmp_path), [(0, 0), (2, 1)])
+    ds = build_latent_dataset(latent_section(str(tmp_path)), vocab_size=64, block_size=16, num_classes=3,
+                              verbose=False)
+    assert len(ds) == 2 and ds.num_classes == 3 and (ds.vocab_size, ds.block_size) == (64, 16)
+    with pytest.raises(ValueError, match="block_size 8"):
+        build_latent_dataset(latent_section(str(tmp_path)), vocab_size=64, block_size=8, verbose=False)
+    with pytest.raises(ValueError, match="labels up to 2 but the model has num_classes=2"):
+        build_latent_dataset(latent_section(str(tmp_path)), vocab_size=64, block_size=16, num_classes=2,
+                             verbose=False)
+
+
+def _manifest(root, tokenizer_target):
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, MANIFEST_NAME), "w") as f:
+        json.dump(codes_manifest(split="train", dataset="imagenet", tokenizer="t", tokenizer_target=tokenizer_target,
+                                 codebook_size=64, vq_ckpt="x", image_size=32, aug_mode="adm", crop_range=None,
+                                 code_length=16), f)
+
+
+def test_manifest_tokenizer_target_compares_classes_not_strings(tmp_path):
+    """A folder extracted when its class lived under another module path fits; another tokenizer does not."""
+    root = str(tmp_path / "codes")
+    _manifest(root, "RandAR.dataset.imagenet.INatLatentDataset")  # the same class as the one below, re-exported
+    check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.dataset.latent.INatLatentDataset")
+    _manifest(root, "RandAR.model.tokenizer.VQModel")
+    with pytest.raises(ValueError, match="tokenizer_target 'RandAR.model.tokenizer.VQModel'"):
+        check_codes_fit(root, vocab_size=64, block_size=16,
+                        tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer")
+    with pytest.raises(ValueError, match="tokenizer_target"):  # a target that no longer imports is not equal
+        check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.model.gone.VQModel")

@@ -72,7 +72,7 @@ def _read_tree(out_dir):
     files = {}
     for label in sorted(d for d in os.listdir(out_dir) if d.isdigit()):
         for f in os.listdir(os.path.join(out_dir, label)):
-            if not f.endswith(".npy"):  # a hidden temporary file from a killed run
+            if not (f.endswith(".npy") and f[:-4].isdigit()):  # a hidden temporary file from a killed run
                 continue
             files[(int(label), f)] = np.load(os.path.join(out_dir, label, f))
     return files
@@ -142,7 +142,7 @@ def test_rerun_resumes(setup, runs, tmp_path):
     removed = sorted(out.rglob("*.npy"))[:2]
     for p in removed:
         p.unlink()
-    (removed[0].parent / f".{removed[0].name}.tmp999").write_bytes(b"half a file from a killed run")
+    (removed[0].parent / f".{removed[0].stem}.tmp.999.npy").write_bytes(b"half a file from a killed run")
     extract.main(argv)
     after = _read_tree(str(out))
     assert sorted(after) == sorted(before)
@@ -337,3 +337,12 @@ def test_released_archive_names_stand_for_a_manifest(tmp_path):
                                  block_size=256)) == 1
     assert len(INatLatentDataset(str(tmp_path / "imagenet-maskgit-adm-256_codes"), vocab_size=1024,
                                  block_size=256)) == 1
+
+
+def test_no_inert_seed_flag(capsys):
+    """Extraction draws no random numbers, so it has no --global-seed to suggest otherwise."""
+    argv = ["--data-path", "d", "--code-path", "c", "--vq-ckpt", "v", "--config", "x.yaml"]
+    assert extract.parse_args(argv).aug_mode == "adm"
+    with pytest.raises(SystemExit):
+        extract.parse_args(argv + ["--global-seed", "0"])
+    assert "unrecognized arguments: --global-seed" in capsys.readouterr().err

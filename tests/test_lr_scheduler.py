@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from RandAR.utils.lr_scheduler import get_scheduler, scheduler_from_config
+from RandAR.training.lr_schedule import get_scheduler, scheduler_from_config
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "lr_schedules.json")
 with open(FIXTURE) as f:

@@ -14,9 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from RandAR.utils.checkpoint_rotation import (checkpoint_name, clear_temporaries, latest_checkpoint,
+from RandAR.training.checkpoints import (checkpoint_name, clear_temporaries, latest_checkpoint,
                                               list_checkpoints, mirror_checkpoint, prune_checkpoints)
-from RandAR.utils.train_state import EMA, SeededItems, StepBatchSampler
+from RandAR.training.state import EMA, SeededItems, StepBatchSampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -127,6 +127,18 @@ def test_outputs_exports_visualisations_and_wandb(reference):
     assert runs and runs[0].stat().st_size > 0
     for name in ("loss", "grad norm", "lr", "skipped", "step time", "tokens/s", "peak mem"):
         assert name in out
+
+
+def test_training_state_names_no_module_path(reference):
+    """accelerator.save_state pickles the registered TrainState, scheduler and EMA as their state_dicts (plain
+    values and tensors), so a state saved before a module moved (RandAR/utils/train_state.py ->
+    RandAR/training/state.py) still loads: no file of the folder refers to a RandAR module."""
+    exp, _, _ = reference
+    folder = exp / "checkpoints" / checkpoint_name(MAX_ITERS)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("custom_checkpoint_") for p in files)  # TrainState, scheduler, EMA
+    for p in files:
+        assert b"RandAR" not in p.read_bytes(), p
 
 
 def test_keep_last_k_and_disk_mirror(reference):
@@ -347,7 +359,7 @@ def test_clip_and_check_skips_bad_updates():
     from accelerate import Accelerator
     from omegaconf import OmegaConf
 
-    import train_c2i
+    from RandAR.training.step import clip_and_check
     acc = Accelerator(cpu=True)
     model = torch.nn.Linear(3, 1, bias=False)
     opt_cfg = OmegaConf.create({"max_grad_norm": 1.0, "skip_grad_iter": 5, "skip_grad_norm": 10.0,
@@ -355,7 +367,7 @@ def test_clip_and_check_skips_bad_updates():
 
     def check(grad, step, loss=1.0, stop=False):
         model.weight.grad = torch.full_like(model.weight, grad)
-        return train_c2i.clip_and_check(acc, model, torch.tensor(loss), opt_cfg, step, stop)
+        return clip_and_check(acc, model, torch.tensor(loss), opt_cfg, step, stop)
 
     norm, skip, stop = check(20.0, step=6)
     assert skip and not stop and norm.item() == pytest.approx(20.0 * 3 ** 0.5)

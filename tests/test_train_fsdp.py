@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from test_train import (CONFIG, FOLDER, PY, ROOT, TORCHRUN, _descendants, assert_same_tensors, data,  # noqa: F401
                         env, logged_losses, run_ok, train_cmd, wait_for)
-from RandAR.utils.checkpoint_rotation import checkpoint_name, latest_checkpoint
+from RandAR.training.checkpoints import checkpoint_name, latest_checkpoint
 from RandAR.utils.versions import FSDP2_ACCELERATE_MIN, installed
 
 from packaging.version import Version
@@ -166,7 +166,7 @@ def test_fsdp_loss_matches_ddp(fsdp_reference, data, tmp_path):
 
 
 def test_fsdp_sum_of_grad_norms_across_shards():
-    """train_c2i.sum_of_grad_norms on gradients sharded by fully_shard over 2 gloo processes (unevenly: a
+    """step.sum_of_grad_norms on gradients sharded by fully_shard over 2 gloo processes (unevenly: a
     5-row weight, a 1-element tensor) equals the sum of the full gradients' norms computed in float64."""
     r = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port(5)), __file__],
                        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
@@ -178,7 +178,7 @@ def _check_sum_of_grad_norms_under_fully_shard():
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    import train_c2i
+    from RandAR.training import step
     dist.init_process_group("gloo")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
@@ -187,8 +187,8 @@ def _check_sum_of_grad_norms_under_fully_shard():
     fully_shard(model)
     torch.manual_seed(1 + dist.get_rank())  # different data per rank, as in training
     model(torch.randn(4, 3)).pow(2).sum().backward()
-    got = train_c2i.sum_of_grad_norms(model.parameters())
-    assert isinstance(got, torch.Tensor) and not isinstance(got, train_c2i.DTensor)
+    got = step.sum_of_grad_norms(model.parameters())
+    assert isinstance(got, torch.Tensor) and not isinstance(got, step.DTensor)
     want = sum(p.grad.full_tensor().double().norm().item() for p in model.parameters())
     assert abs(got.item() - want) < 1e-5 * want, (got.item(), want)
     print("sum of norms ok", flush=True)

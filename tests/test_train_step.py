@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import train_c2i
+from RandAR.training import step
 from RandAR.utils import versions
 from RandAR.utils.config import load_config
 
@@ -49,12 +49,12 @@ def test_skip_rules_against_independent_computation(accelerator, rule, scale):
         model = _model_with_grads(scale)
         opt_cfg = OmegaConf.create({"max_grad_norm": 1.0, "skip_grad_iter": 5, "skip_grad_norm": limit,
                                     "skip_grad_rule": rule})
-        norm, skip, stop = train_c2i.clip_and_check(accelerator, model, torch.tensor(1.0), opt_cfg, 5, False)
+        norm, skip, stop = step.clip_and_check(accelerator, model, torch.tensor(1.0), opt_cfg, 5, False)
         assert norm.item() == pytest.approx(total, rel=1e-5)
         assert (skip, stop) == (want_skip, False), (rule, scale, limit, measure)
         # before skip_grad_iter nothing finite is skipped, whatever the rule
         model = _model_with_grads(scale)
-        assert not train_c2i.clip_and_check(accelerator, model, torch.tensor(1.0), opt_cfg, 4, False)[1]
+        assert not step.clip_and_check(accelerator, model, torch.tensor(1.0), opt_cfg, 4, False)[1]
 
 
 def test_the_two_rules_disagree_where_the_release_differs(accelerator):
@@ -62,30 +62,30 @@ def test_the_two_rules_disagree_where_the_release_differs(accelerator):
     the sum of the clipped per-tensor norms is below 10: only the global-norm rule skips."""
     for rule, want in (("sum_clipped", False), ("global_norm", True)):
         opt_cfg = OmegaConf.create({"max_grad_norm": 1.0, "skip_grad_norm": 10.0, "skip_grad_rule": rule})
-        assert train_c2i.clip_and_check(accelerator, _model_with_grads(20.0), torch.tensor(1.0), opt_cfg, 0,
+        assert step.clip_and_check(accelerator, _model_with_grads(20.0), torch.tensor(1.0), opt_cfg, 0,
                                         False)[1] is want
 
 
 def test_sum_of_grad_norms_is_the_sum_of_norms():
     model = _model_with_grads(3.0)
     want = sum(p.grad.double().norm().item() for p in model.parameters())
-    assert train_c2i.sum_of_grad_norms(model.parameters()).item() == pytest.approx(want, rel=1e-6)
+    assert step.sum_of_grad_norms(model.parameters()).item() == pytest.approx(want, rel=1e-6)
 
 
 def test_shipped_configs_use_the_release_rule_and_bad_rules_fail():
     configs = sorted(glob.glob(os.path.join(ROOT, "configs", "randar", "*.yaml")))
     assert configs
     for path in configs:
-        assert train_c2i.skip_rule(load_config(path).optimizer) == "sum_clipped", path
+        assert step.skip_rule(load_config(path).optimizer) == "sum_clipped", path
     with pytest.raises(ValueError, match="skip_grad_rule: 'sum' is not one of sum_clipped, global_norm"):
-        train_c2i.skip_rule(OmegaConf.create({"skip_grad_rule": "sum"}))
+        step.skip_rule(OmegaConf.create({"skip_grad_rule": "sum"}))
 
 
 def test_unwrap_strips_accelerate_and_compile_wrappers(accelerator):
     model = torch.nn.Linear(2, 2)
     compiled = torch.compile(model)  # wrapping only: nothing is compiled until it is called
-    assert train_c2i.unwrap(accelerator, compiled) is model
-    assert train_c2i.unwrap(accelerator, model) is model
+    assert step.unwrap(accelerator, compiled) is model
+    assert step.unwrap(accelerator, model) is model
 
 
 @pytest.mark.parametrize("have, fsdp2, needed", [

@@ -23,14 +23,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.dataset.augmentation import AUG_MODES, DEFAULT_CROP_RANGE, to_tokenizer_input, views_transform  # noqa: E402
-from RandAR.dataset.builder import build_dataset, image_source  # noqa: E402
+from RandAR.dataset.builder import build_image_dataset, image_source  # noqa: E402
 from RandAR.dataset.imagenet import collate_skip_bad  # noqa: E402
 from RandAR.dataset.latent import MANIFEST_NAME, codes_manifest  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
+from RandAR.utils.atomic import atomic_open  # noqa: E402
 from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
 from RandAR.utils.config import load_config  # noqa: E402
-from RandAR.utils.distributed import (all_reduce_sum, broadcast_object, cleanup, init_distributed,  # noqa: E402
-                                      shard)
+from RandAR.utils.distributed import (all_reduce_sum, allow_tf32, broadcast_object, cleanup,  # noqa: E402
+                                      init_distributed, shard)
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
 
@@ -56,8 +57,6 @@ def parse_args(argv=None):
                    help=f"ten-crop only: centre-crop to image-size * crop-range first (default {DEFAULT_CROP_RANGE})")
     p.add_argument("--batch-size", type=int, default=32, help="images per step per process")
     p.add_argument("--num-workers", type=int, default=8, help="DataLoader workers per process")
-    p.add_argument("--global-seed", type=int, default=0,
-                   help="seeds torch per rank (global_seed * world_size + rank); extraction draws no random numbers")
     p.add_argument("--debug", action="store_true",
                    help="use the val split (val.tar) instead of train; its codes go to <...>_val_codes")
     p.add_argument("--max-bad-fraction", type=float, default=0.001,
@@ -120,15 +119,6 @@ def code_file(out_dir: str, label: int, index: int) -> str:
     return os.path.join(out_dir, str(label), f"{index}.npy")
 
 
-def save_atomic(path: str, codes: np.ndarray):
-    """Write under a hidden temporary name, then rename: `path` exists only once it is complete."""
-    d, name = os.path.split(path)
-    tmp = os.path.join(d, f".{name}.tmp{os.getpid()}")  # not `*.npy`, so readers never pick it up
-    with open(tmp, "wb") as f:
-        np.save(f, codes)
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def encode_views(tokenizer, views: torch.Tensor, device) -> np.ndarray:
     """uint8 views [B, A, 3, S, S] -> codes [B, A, L] in CODE_DTYPE."""
@@ -166,11 +156,7 @@ def main(argv=None):
         sys.exit(f"error: {e}")
 
     dist = init_distributed()
-    torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
-    if dist.device.type == "cuda":
-        # As the original extractor (and so the released archives) ran: TF32 convolutions and matmuls.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    allow_tf32()  # as the original extractor (and so the released archives) ran
     tokenizer = tokenizer.to(dist.device)
 
     out_dir = code_dir(args, tokenizer_name)  # checked before the dataset is indexed (minutes for ImageNet)
@@ -184,7 +170,7 @@ def main(argv=None):
     if error:
         sys.exit(f"error: {error}")
 
-    dataset = build_dataset(args.dataset, args.data_path, is_train=not args.debug,
+    dataset = build_image_dataset(args.dataset, args.data_path, is_train=not args.debug,
                             transform=views_transform(args.aug_mode, args.image_size, args.crop_range))
     for label in range(dataset.num_classes):
         os.makedirs(os.path.join(out_dir, str(label)), exist_ok=True)
@@ -207,7 +193,8 @@ def main(argv=None):
         if views is not None:
             codes = encode_views(tokenizer, views, dist.device)
             for c, label, index in zip(codes, labels.tolist(), indices.tolist()):
-                save_atomic(code_file(out_dir, label, index), c)
+                with atomic_open(code_file(out_dir, label, index), "wb") as f:  # hidden until complete
+                    np.save(f, c)
             written += len(codes)
         pbar.update(len(bad_items) + len(labels))
     pbar.close()

@@ -9,7 +9,6 @@ small VQ tokenizer and come out softer and blotchier than the originals.
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -24,8 +23,10 @@ from RandAR.dataset.imagenet import decode_rgb  # noqa: E402
 from RandAR.dataset.toy import encode_jpeg, load_tar_arrays  # noqa: E402
 from RandAR.eval.toy_classifier import (ToyClassifier, ToyClassifierArgs, ToyExtractor,  # noqa: E402
                                         save_classifier)
-from RandAR.utils.versions import require_versions  # noqa: E402
+from RandAR.training.lr_schedule import get_scheduler  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
+from RandAR.utils.seeding import Stream, seed_for  # noqa: E402
+from RandAR.utils.versions import require_versions  # noqa: E402
 
 JPEG_QUALITY_RANGE = (10, 40)  # of the degraded training copies
 
@@ -82,14 +83,6 @@ def jpeg_copies(images: np.ndarray, quality_range, rng: np.random.Generator) -> 
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
-def lr_at(step: int, args) -> float:
-    """Short warmup, then cosine to zero."""
-    warmup = max(1, args.iterations // 20)
-    if step < warmup:
-        return args.lr * (step + 1) / warmup
-    return args.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.iterations - warmup)))
-
-
 def class_names(data_path: str, num_classes: int):
     path = os.path.join(data_path, "classes.json")
     if not os.path.isfile(path):
@@ -102,12 +95,13 @@ def class_names(data_path: str, num_classes: int):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = args.out or os.path.join(args.data_path, "classifier.safetensors")
-    torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the initial weights
+    g = torch.Generator().manual_seed(seed_for(args.seed, Stream.CLASSIFIER, 0))  # batches and augmentations
     t0 = time.time()
     images, labels = load_tar_arrays(os.path.join(args.data_path, "train.tar"), args.image_size)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, S, S)
-    x_jpeg = jpeg_copies(images, JPEG_QUALITY_RANGE, np.random.default_rng(args.seed)) if args.degrade_prob > 0 else x_all
+    jpeg_rng = np.random.default_rng(seed_for(args.seed, Stream.CLASSIFIER, 1))
+    x_jpeg = jpeg_copies(images, JPEG_QUALITY_RANGE, jpeg_rng) if args.degrade_prob > 0 else x_all
     y_all = torch.from_numpy(labels)
     num_classes = int(labels.max()) + 1
     print(f"{len(images)} training images of {num_classes} classes loaded in {time.time() - t0:.1f}s", flush=True)
@@ -115,6 +109,9 @@ def main(argv=None) -> dict:
     widths = tuple(int(w) for w in args.widths.split(","))
     model = ToyClassifier(ToyClassifierArgs(num_classes=num_classes, image_size=args.image_size, widths=widths))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # a short warm-up, then a half-cosine to zero
+    scheduler = get_scheduler("cosine", optimizer, max(1, args.iterations // 20), args.iterations, num_cycles=0.5,
+                              min_lr_ratio=0.0)
     model.train()
     t0 = time.time()
     pbar = progress(range(args.iterations), dynamic_ncols=True)
@@ -124,11 +121,10 @@ def main(argv=None) -> dict:
         x = torch.where(use_jpeg, x_jpeg[idx], x_all[idx])
         x = augment(ToyClassifier.normalize(x), args.max_shift, args.degrade_prob / 2, g)
         loss = F.cross_entropy(model(x), y_all[idx])
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         if step % 10 == 0:
             pbar.set_postfix(loss=f"{loss.item():.3f}")
     train_time = time.time() - t0

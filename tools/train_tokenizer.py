@@ -4,10 +4,11 @@
         --results-dir results/toy_vq --image-size 32 [train.iterations=3000 train.lr=2e-3 ...]
 
 The config holds the model (`model:` target/params, what build_tokenizer reads) and the training settings
-(`train:`, see RandAR.utils.tokenizer_training.VQTrainArgs); trailing `key=value` arguments override either.
-Writes into --results-dir: config.yaml, checkpoints/<step>.safetensors (+ .train.pt optimizer state; a rerun
-resumes from the newest), recon/<step>.png (inputs above reconstructions), log.jsonl, and at the end
-vq.safetensors (weights only, loads strictly with build_tokenizer) and metrics.json (held-out MSE, code usage).
+(`train:`, see RandAR.utils.config_schema.VQTrainArgs); trailing `key=value` arguments override either.
+Writes into --results-dir: config.yaml, checkpoints/iters_<step>.safetensors (+ iters_<step>/train.pt, the
+optimizer and LR schedule; a rerun resumes from the newest and reads the same batches as an uninterrupted run),
+recon/<step>.png (inputs above reconstructions), log.jsonl, and at the end vq.safetensors (weights only, loads
+strictly with build_tokenizer) and metrics.json (held-out MSE, code usage).
 """
 import argparse
 import json
@@ -20,9 +21,12 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from RandAR.dataset.builder import build_dataset  # noqa: E402
+from RandAR.dataset.augmentation import CenterCrop, to_tokenizer_input  # noqa: E402
+from RandAR.dataset.builder import build_image_dataset  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
-from RandAR.utils import tokenizer_training as tt  # noqa: E402
+from RandAR.training import vq as tt  # noqa: E402
+from RandAR.training.checkpoints import clear_temporaries  # noqa: E402
+from RandAR.utils.atomic import write_json  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
 from RandAR.utils.config_schema import ConfigError  # noqa: E402
 from RandAR.utils.versions import require_versions  # noqa: E402
@@ -43,12 +47,12 @@ def parse_args(argv=None):
 
 def held_out_images(args, n: int) -> torch.Tensor:
     """n images of the val split if there is one, else of the train split (then the numbers are not held out)."""
-    crop = tt.CenterCropUint8(args.image_size)
+    crop = CenterCrop(args.image_size)
     try:
-        ds = build_dataset(args.dataset, args.data_path, is_train=False, transform=crop)
+        ds = build_image_dataset(args.dataset, args.data_path, is_train=False, transform=crop)
     except FileNotFoundError:
         print("no val split found: evaluating on training images", flush=True)
-        ds = build_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
+        ds = build_image_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
     return tt.fixed_images(ds, n)
 
 
@@ -59,8 +63,7 @@ def export(model, cfg, results_dir: str, eval_images: torch.Tensor, step: int) -
     recs, codes = tt.reconstruct(model, eval_images)
     metrics = tt.reconstruction_metrics(eval_images, recs, codes, model.codebook_size)
     metrics["step"] = step
-    with open(os.path.join(results_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json(metrics, os.path.join(results_dir, "metrics.json"))
     grid = tt.spread(len(eval_images), 32)
     tt.save_recon_grid(eval_images[grid], recs[grid], os.path.join(results_dir, "recon", "final.png"))
     return metrics
@@ -72,27 +75,26 @@ def main(argv=None) -> dict:
     os.makedirs(args.results_dir, exist_ok=True)
     OmegaConf.save(cfg, os.path.join(args.results_dir, "config.yaml"))
     ckpt_dir = os.path.join(args.results_dir, "checkpoints")
-    torch.manual_seed(targs.seed)
+    clear_temporaries(ckpt_dir)
+    torch.manual_seed(targs.seed)  # the initial weights
 
     model = build_tokenizer(cfg.model).train()
     print(f"{cfg.model.target}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{model.codebook_size} codes, {args.image_size // model.downsample_factor}^2 tokens per image", flush=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=targs.lr, betas=(targs.beta1, targs.beta2),
                                   weight_decay=targs.weight_decay)
-    start = tt.resume_latest(ckpt_dir, model, optimizer)
+    scheduler = tt.build_schedule(optimizer, targs)
+    usage = tt.CodeUsage(model.codebook_size, targs.usage_window)
+    start = tt.resume_latest(ckpt_dir, model, optimizer, scheduler, usage)
     if start:
         print(f"resumed from {ckpt_dir} at step {start}", flush=True)
     else:
         tt.init_for_training(model)
 
-    crop = tt.CenterCropUint8(args.image_size)
-    train_set = build_dataset(args.dataset, args.data_path, is_train=True, transform=crop)
-    # Offsetting the seeds by the step gives a resumed run fresh (not repeated) batches and flips.
-    batches = tt.infinite_batches(train_set, targs.batch_size, targs.seed + start, targs.num_workers)
-    gen = torch.Generator().manual_seed(targs.seed + start)
+    train_set = build_image_dataset(args.dataset, args.data_path, is_train=True, transform=CenterCrop(args.image_size))
+    batches = tt.step_batches(train_set, targs.batch_size, targs.seed, start, targs.num_workers)
     eval_images = held_out_images(args, targs.num_eval_images)
     grid = tt.spread(len(eval_images), 32)  # the images shown in reconstruction PNGs, from every class
-    usage = tt.CodeUsage(model.codebook_size, targs.usage_window)
     meta = {"config": json.dumps(OmegaConf.to_container(cfg, resolve=True))}
 
     log = open(os.path.join(args.results_dir, "log.jsonl"), "a")
@@ -101,16 +103,18 @@ def main(argv=None) -> dict:
     for step in pbar:
         x = next(batches)
         if targs.flip:
-            x = tt.random_flip(x, gen)
-        loss, parts, idx, z = tt.optimize_step(model, optimizer, tt.to_model_range(x, model), step, targs)
+            x = tt.random_flip(x, targs.seed, step)
+        lr = optimizer.param_groups[0]["lr"]
+        loss, parts, idx, z = tt.optimize_step(model, optimizer, to_tokenizer_input(x, model), targs)
+        scheduler.step()
         usage.update(step, idx)
         done = step + 1
         if tt.restart_due(done, targs):
-            tt.restart_dead_codes(model, usage.dead(step), z, gen)
+            tt.restart_dead_codes(model, usage.dead(step), z, targs.seed, step)
 
         if done % targs.log_every == 0 or done == targs.iterations:
             record = {"step": done, "loss": loss.item(), **parts, "codes_used": usage.used(step),
-                      "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
+                      "lr": lr, "elapsed_s": round(time.time() - t0, 1)}
             log.write(json.dumps(record) + "\n")
             log.flush()
             pbar.set_postfix(rec=f"{parts['rec']:.4f}", vq=f"{parts['vq']:.4f}", codes=record["codes_used"])
@@ -118,7 +122,7 @@ def main(argv=None) -> dict:
             recs, _ = tt.reconstruct(model, eval_images[grid])
             tt.save_recon_grid(eval_images[grid], recs, os.path.join(args.results_dir, "recon", f"{done:07d}.png"))
         if done % targs.ckpt_every == 0 or done == targs.iterations:
-            tt.save_checkpoint(ckpt_dir, done, model, optimizer, meta, targs.keep_checkpoints)
+            tt.save_state(ckpt_dir, done, model, optimizer, scheduler, usage, meta, targs.keep_checkpoints)
     pbar.close()
     log.close()
 

@@ -1,4 +1,4 @@
-"""Image augmentations for latent-code extraction, in PIL/numpy (no torchvision).
+"""Image preprocessing for latent-code extraction and tokenizer training, in PIL/numpy (no torchvision).
 
 The extractor turns one image into a stack of views `[A, 3, S, S]` uint8 and stores one code row per view:
     adm       A=2:  ADM centre crop, then its horizontal flip (ADM, MAR and the released RandAR archives)
@@ -64,6 +64,17 @@ def make_views(pil_image: Image.Image, aug_mode: str, image_size: int,
     else:
         raise ValueError(f"unknown aug_mode {aug_mode!r}; expected one of {AUG_MODES}")
     return np.stack(views)
+
+
+class CenterCrop:
+    """Dataset transform: RGB PIL image -> ADM centre crop as a uint8 tensor [3, S, S] (the tokenizer trainer's
+    images). A class, so that DataLoader workers can pickle it."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def __call__(self, pil_image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(make_views(pil_image, "none", self.image_size)[0]).permute(2, 0, 1).contiguous()
 
 
 def views_transform(aug_mode: str, image_size: int, crop_range: float = DEFAULT_CROP_RANGE) -> Callable:

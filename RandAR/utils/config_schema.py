@@ -4,7 +4,7 @@ Two kinds of config:
 - a RandAR config (configs/randar/*.yaml, the `config.yaml` a training run saves): `RandARConfig`, read by
   train_c2i.py, sample_c2i.py, the CFG search, the zero-shot tools and the code extractor;
 - a tokenizer config (configs/tokenization/*.yaml): `TokenizationConfig` (`model:` and the optional `train:`
-  of tools/train_tokenizer.py, whose keys are RandAR.utils.tokenizer_training.VQTrainArgs).
+  of tools/train_tokenizer.py, `VQTrainArgs`).
 
 Sections holding `target`/`params` (ar_model, dataset, tokenizer, model) are checked against the constructor
 that `target` names: `params` may hold exactly its arguments. The other sections are the dataclasses below,
@@ -63,7 +63,7 @@ class OptimizerConfig:
     max_grad_norm: float = 0.0  # 0 = no clipping
     skip_grad_iter: int = 0  # the skip rule applies from this optimizer step on
     skip_grad_norm: Optional[float] = None  # None = never skip for a large norm
-    skip_grad_rule: str = "sum_clipped"  # or global_norm; checked by train_c2i.skip_rule
+    skip_grad_rule: str = "sum_clipped"  # or global_norm; checked by RandAR.training.step.skip_rule
 
 
 @dataclass
@@ -103,15 +103,44 @@ class RandARConfig:
     wandb_offline: bool = False
 
 
-def _tokenization_schema():
-    # imported here, not at the top: tokenizer_training imports RandAR.utils.config, which imports this module
-    from RandAR.utils.tokenizer_training import VQTrainArgs
+@dataclass
+class VQTrainArgs:
+    """The `train:` section of a tokenization config (defaults for keys it leaves out)."""
+    iterations: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio after warmup
+    warmup_iters: int = 50
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables
+    recon_loss: str = "l2"  # l2 | l1
+    recon_weight: float = 1.0
+    edge_weight: float = 0.0  # l1 on horizontal/vertical pixel differences
+    codebook_weight: float = 1.0  # on vq + commitment + entropy losses (beta and entropy ratio live in the model)
+    restart_dead_codes_every: int = 0  # steps; 0 disables
+    restart_until: float = 0.75  # fraction of the iterations after which codes stay put, so the decoder settles
+    usage_window: int = 50  # steps over which a code counts as used (logging and restarts)
+    flip: bool = True  # random horizontal flips
+    bf16: bool = False  # encoder and decoder under bfloat16 autocast (the code lookup stays float32)
+    num_workers: int = 0  # DataLoader workers; 0 decodes in the training process
+    log_every: int = 20
+    sample_every: int = 250  # reconstruction PNGs
+    ckpt_every: int = 250
+    keep_checkpoints: int = 2
+    num_eval_images: int = 500  # held-out images for the final MSE / code-usage report
+    seed: int = 0
 
-    @dataclass
-    class TokenizationConfig:
-        model: TargetSection = field(default_factory=TargetSection)
-        train: Optional[VQTrainArgs] = None
-    return TokenizationConfig
+    def __post_init__(self):
+        assert self.recon_loss in ("l1", "l2"), f"train.recon_loss must be l1 or l2, got {self.recon_loss!r}"
+        assert self.iterations > 0 and self.batch_size > 0, "train.iterations and train.batch_size must be > 0"
+
+
+@dataclass
+class TokenizationConfig:
+    model: TargetSection = field(default_factory=TargetSection)
+    train: Optional[VQTrainArgs] = None
 
 
 TARGET_SECTIONS = ("ar_model", "dataset", "tokenizer", "model")
@@ -184,7 +213,7 @@ def _dataclass_of(annotation):
 
 def schema_for(data: dict):
     """The schema of a loaded config: a tokenizer config has `model:`, everything else is a RandAR config."""
-    return _tokenization_schema() if "model" in data and "ar_model" not in data else RandARConfig
+    return TokenizationConfig if "model" in data and "ar_model" not in data else RandARConfig
 
 
 def check_config(cfg: DictConfig, source: str) -> DictConfig:

@@ -14,6 +14,8 @@ from typing import Dict, Optional
 
 import torch
 
+from RandAR.utils.atomic import atomic_open
+
 
 def create_logger(log_dir: Optional[str], rank: int = 0, name: str = "randar.train") -> logging.Logger:
     """log_dir given (main process): INFO and up to stdout and log_dir/log.txt (appended: a resumed run
@@ -45,9 +47,8 @@ def init_wandb(accelerator, exp_dir: str, run_name: str, project: str = "RandAR"
     run_id = open(id_file).read().strip() if os.path.exists(id_file) else ""
     if not run_id:
         run_id = uuid.uuid4().hex[:12]
-        with open(id_file + ".tmp", "w") as f:
+        with atomic_open(id_file) as f:
             f.write(run_id)
-        os.replace(id_file + ".tmp", id_file)
     accelerator.init_trackers(project, config=config, init_kwargs={"wandb": {
         "entity": entity, "name": run_name, "dir": exp_dir, "id": run_id, "resume": "allow"}})
 

@@ -4,13 +4,11 @@
 `lr * multiplier(k)`. The training script calls `.step()` once per optimizer step, whatever the number of
 processes or accumulation steps, so `warm_up_iters` and `max_iters` in a config are optimizer steps.
 
-The values equal those of the original RandAR code (tests/fixtures/lr_schedules.json), with two deliberate fixes:
-  * `constant` honours `num_warmup_steps` (the original silently ignored it: no warm-up at all).
-    `constant_with_warmup` is kept as another name for the same schedule.
-  * No schedule climbs back after `num_training_steps`: the rate stays at its last value. (The original
-    cosine kept following the cosine past the end of training, so the rate rose again.)
-Kept as in the original: with `num_cycles` omitted, cosine uses a full period (num_cycles=1), which falls to
-`min_lr_ratio` at mid-training and rises back to the peak at the end; the shipped configs set 0.5.
+The values equal those of the original RandAR code (tests/fixtures/lr_schedules.json), but for the differences
+listed in GETTING_STARTED.md, "Differences from the original release". `constant_with_warmup` is another name for
+`constant`. With `num_cycles` omitted, cosine uses a full period (num_cycles=1): it falls to `min_lr_ratio` at
+mid-training and rises back to the peak at the end; the shipped configs set 0.5. The tokenizer and toy
+classifier trainers use the same cosine schedule.
 """
 import math
 from functools import partial

@@ -1,4 +1,4 @@
-"""Pieces of VQ tokenizer training (tools/train_tokenizer.py): settings, losses, data, checkpoints, evaluation.
+"""Pieces of VQ tokenizer training (tools/train_tokenizer.py): config, losses, schedule, data, evaluation, checkpoints.
 
 The loss is LlamaGen's without the perceptual and GAN terms: a pixel loss (l2 or l1) on the reconstruction,
 plus the quantizer's codebook, commitment and entropy losses as VQModel returns them, plus an optional l1 loss
@@ -6,11 +6,8 @@ on image gradients (off by default: on the toy data it slowed the fall of the pi
 short CPU runs work: codes unused for a while are restarted on recent encoder outputs (else a 512-code book
 collapses to ~50 codes), and the decoder's first layer starts scaled to the l2-normalised codes' small values.
 """
-import dataclasses
-import glob
 import math
 import os
-import re
 from typing import Dict, Iterator, Sequence, Tuple
 
 import numpy as np
@@ -19,44 +16,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from RandAR.dataset.augmentation import center_crop_arr
+from RandAR.dataset.augmentation import to_tokenizer_input
 from RandAR.dataset.imagenet import collate_skip_bad
-from RandAR.utils.checkpoint import atomic_save_safetensors, load_model_weights
+from RandAR.training.checkpoints import latest_checkpoint, prune_checkpoints, save_checkpoint
+from RandAR.training.lr_schedule import get_scheduler
+from RandAR.training.state import SeededItems, StepBatchSampler
+from RandAR.utils.atomic import atomic_path
+from RandAR.utils.checkpoint import load_model_weights
 from RandAR.utils.config import load_config
-
-
-@dataclasses.dataclass
-class VQTrainArgs:
-    """The `train:` section of a tokenization config (defaults for keys it leaves out)."""
-    iterations: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio after warmup
-    warmup_iters: int = 50
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables
-    recon_loss: str = "l2"  # l2 | l1
-    recon_weight: float = 1.0
-    edge_weight: float = 0.0  # l1 on horizontal/vertical pixel differences
-    codebook_weight: float = 1.0  # on vq + commitment + entropy losses (beta and entropy ratio live in the model)
-    restart_dead_codes_every: int = 0  # steps; 0 disables
-    restart_until: float = 0.75  # fraction of the iterations after which codes stay put, so the decoder settles
-    usage_window: int = 50  # steps over which a code counts as used (logging and restarts)
-    flip: bool = True  # random horizontal flips
-    bf16: bool = False  # encoder and decoder under bfloat16 autocast (the code lookup stays float32)
-    num_workers: int = 0  # DataLoader workers; 0 decodes in the training process
-    log_every: int = 20
-    sample_every: int = 250  # reconstruction PNGs
-    ckpt_every: int = 250
-    keep_checkpoints: int = 2
-    num_eval_images: int = 500  # held-out images for the final MSE / code-usage report
-    seed: int = 0
-
-    def __post_init__(self):
-        assert self.recon_loss in ("l1", "l2"), f"train.recon_loss must be l1 or l2, got {self.recon_loss!r}"
-        assert self.iterations > 0 and self.batch_size > 0, "train.iterations and train.batch_size must be > 0"
+from RandAR.utils.config_schema import VQTrainArgs
+from RandAR.utils.images import image_grid
+from RandAR.utils.seeding import Stream, seed_for
 
 
 def load_train_config(path: str, overrides: Sequence[str] = ()) -> Tuple[DictConfig, VQTrainArgs]:
@@ -66,14 +36,6 @@ def load_train_config(path: str, overrides: Sequence[str] = ()) -> Tuple[DictCon
     cfg = load_config(path, overrides)
     cfg.train = OmegaConf.merge(OmegaConf.structured(VQTrainArgs), cfg.get("train", None) or {})
     return cfg, VQTrainArgs(**OmegaConf.to_container(cfg.train, resolve=True))
-
-
-def lr_at(step: int, args: VQTrainArgs) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last iteration."""
-    if step < args.warmup_iters:
-        return args.lr * (step + 1) / args.warmup_iters
-    t = (step - args.warmup_iters) / max(1, args.iterations - args.warmup_iters)
-    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 @torch.no_grad()
@@ -111,10 +73,15 @@ def vq_training_step(model, x: torch.Tensor, args: VQTrainArgs):
     return total, parts, idx, z.detach().float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
 
 
-def optimize_step(model, optimizer, x: torch.Tensor, step: int, args: VQTrainArgs):
-    """One update at the scheduled lr; returns what vq_training_step returns."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, args)
+def build_schedule(optimizer, args: VQTrainArgs):
+    """Linear warm-up, then one half-cosine from lr to lr * min_lr_ratio at the last iteration (call .step() after
+    every optimizer step)."""
+    return get_scheduler("cosine", optimizer, args.warmup_iters, args.iterations, num_cycles=0.5,
+                         min_lr_ratio=args.min_lr_ratio)
+
+
+def optimize_step(model, optimizer, x: torch.Tensor, args: VQTrainArgs):
+    """One update at the optimizer's current lr; returns what vq_training_step returns."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         loss, parts, idx, z = vq_training_step(model, x, args)
     optimizer.zero_grad(set_to_none=True)
@@ -149,41 +116,30 @@ class CodeUsage:
 
 
 @torch.no_grad()
-def restart_dead_codes(model, dead: torch.Tensor, z: torch.Tensor, generator: torch.Generator):
+def restart_dead_codes(model, dead: torch.Tensor, z: torch.Tensor, seed: int, step: int):
     """Move the codes `dead` onto randomly chosen encoder outputs z (N, C), so they get assigned again."""
     if len(dead) == 0:
         return
-    pick = torch.randint(len(z), (len(dead),), generator=generator)
+    g = torch.Generator().manual_seed(seed_for(seed, Stream.CODE_RESTART, step))
+    pick = torch.randint(len(z), (len(dead),), generator=g)
     new = z[pick]
     model.quantize.embedding.weight[dead] = F.normalize(new, dim=-1) if model.quantize.l2_norm else new
 
 
 # ---------------------------------------------------------------- data
 
-class CenterCropUint8:
-    """PIL RGB image -> ADM centre crop as uint8 tensor (3, S, S). A class, so DataLoader workers can pickle it."""
-
-    def __init__(self, image_size: int):
-        self.image_size = image_size
-
-    def __call__(self, pil_image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(center_crop_arr(pil_image, self.image_size)).copy()).permute(2, 0, 1)
-
-
-def infinite_batches(dataset, batch_size: int, seed: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
-    """Endless uint8 batches (B, 3, S, S), reshuffled each epoch from `seed`; undecodable images are skipped."""
-    epoch = 0
-    while True:
-        g = torch.Generator().manual_seed(seed * 100003 + epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
-                                             sampler=torch.utils.data.RandomSampler(dataset, generator=g),
-                                             collate_fn=collate_skip_bad)
-        for images, _, _, bad in loader:
-            for b in bad:
-                print(f"skipped undecodable image {b.path}: {b.reason}", flush=True)
-            if images is not None:
-                yield images
-        epoch += 1
+def step_batches(dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0
+                 ) -> Iterator[torch.Tensor]:
+    """Endless uint8 batches (B, 3, S, S): batch s is the same for a run resumed at any step (train_c2i's
+    StepBatchSampler, one process); undecodable images are skipped (their batch comes out smaller)."""
+    sampler = StepBatchSampler(len(dataset), batch_size, seed=seed, start_step=start_step)
+    loader = torch.utils.data.DataLoader(SeededItems(dataset, seed), batch_sampler=sampler, num_workers=num_workers,
+                                         collate_fn=collate_skip_bad)
+    for images, _, _, bad in loader:
+        for b in bad:
+            print(f"skipped undecodable image {b.path}: {b.reason}", flush=True)
+        if images is not None:
+            yield images
 
 
 def spread(total: int, n: int) -> torch.Tensor:
@@ -198,13 +154,11 @@ def fixed_images(dataset, n: int) -> torch.Tensor:
     return torch.stack(images)
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(len(x), generator=generator) < 0.5
+def random_flip(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """Each image of step `step`'s batch mirrored with probability 1/2 (a function of the seed and step)."""
+    g = torch.Generator().manual_seed(seed_for(seed, Stream.VQ_STEP, step))
+    flip = torch.rand(len(x), generator=g) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-def to_model_range(images_uint8: torch.Tensor, model) -> torch.Tensor:
-    return model.preprocess(images_uint8.float() / 255.0)
 
 
 def to_uint8(images: torch.Tensor, model) -> torch.Tensor:
@@ -223,7 +177,7 @@ def reconstruct(model, images_uint8: torch.Tensor, batch_size: int = 100) -> Tup
     model.eval()
     recs, codes = [], []
     for start in range(0, len(images_uint8), batch_size):
-        c = model.encode_indices(to_model_range(images_uint8[start:start + batch_size], model))
+        c = model.encode_indices(to_tokenizer_input(images_uint8[start:start + batch_size], model))
         recs.append(to_uint8(model.decode_codes(c), model))
         codes.append(c)
     model.train(was_training)
@@ -245,61 +199,43 @@ def save_recon_grid(images_uint8: torch.Tensor, recs_uint8: torch.Tensor, path: 
     """PNG of pairs of rows: inputs, then their reconstructions; nearest-neighbour upscaled for viewing."""
     n = len(images_uint8) // per_row * per_row
     assert n > 0, f"need at least {per_row} images for a reconstruction grid"
-    rows = []
-    for start in range(0, n, per_row):
-        for batch in (images_uint8, recs_uint8):
-            rows.append(torch.cat(list(batch[start:start + per_row]), dim=2))  # (3, S, per_row * S)
-    grid = torch.cat(rows, dim=1).permute(1, 2, 0).numpy()  # (H, W, 3)
-    image = Image.fromarray(grid)
+    pairs = torch.stack([images_uint8[:n], recs_uint8[:n]]).unflatten(1, (n // per_row, per_row))  # (2, R, P, ...)
+    rows = pairs.transpose(0, 1).flatten(0, 2).permute(0, 2, 3, 1).numpy()  # input row, its reconstructions, ...
+    image = Image.fromarray(image_grid(rows, cols=per_row, pad=0))
     if upscale > 1:
-        image = image.resize((grid.shape[1] * upscale, grid.shape[0] * upscale), Image.NEAREST)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+        image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        image.save(tmp)
 
 
 # ---------------------------------------------------------------- checkpoints
 
-CKPT_RE = re.compile(r"^(\d{7})\.safetensors$")
+TRAIN_STATE = "train.pt"  # in a checkpoint folder: optimizer, LR schedule, code usage
 
 
-def checkpoint_paths(ckpt_dir: str, step: int) -> Tuple[str, str]:
-    """(model weights .safetensors, optimizer state .pt) of one step."""
-    return os.path.join(ckpt_dir, f"{step:07d}.safetensors"), os.path.join(ckpt_dir, f"{step:07d}.train.pt")
+def save_state(ckpt_dir: str, step: int, model, optimizer, scheduler, usage: CodeUsage, metadata: Dict[str, str],
+               keep: int):
+    """Checkpoint `step` in training/checkpoints.py's layout: iters_<step>/train.pt (optimizer, schedule, code
+    usage), the weights as the export iters_<step>.safetensors. Keeps the `keep` newest (<= 0: all)."""
+    def write_state(folder: str):
+        os.makedirs(folder, exist_ok=True)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "code_last_seen": usage.last_seen}, os.path.join(folder, TRAIN_STATE))
+    exports = {".safetensors": (model.state_dict(), {**metadata, "step": str(step)})}
+    save_checkpoint(ckpt_dir, step, write_state, exports)
+    prune_checkpoints(ckpt_dir, keep)
 
 
-def save_checkpoint(ckpt_dir: str, step: int, model, optimizer, metadata: Dict[str, str], keep: int):
-    """Optimizer state first, weights last: a step counts as saved once its weights exist. Keeps `keep` newest."""
-    os.makedirs(ckpt_dir, exist_ok=True)
-    weights, state = checkpoint_paths(ckpt_dir, step)
-    tmp = f"{state}.tmp.{os.getpid()}"
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp)
-    os.replace(tmp, state)
-    atomic_save_safetensors(model.state_dict(), weights, {**metadata, "step": str(step)})
-    for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
-        for p in checkpoint_paths(ckpt_dir, old):
-            if os.path.exists(p):
-                os.remove(p)
-
-
-def list_checkpoints(ckpt_dir: str):
-    """Steps with both files present, ascending."""
-    steps = []
-    for p in glob.glob(os.path.join(ckpt_dir, "*.safetensors")):
-        m = CKPT_RE.match(os.path.basename(p))
-        if m and os.path.exists(checkpoint_paths(ckpt_dir, int(m.group(1)))[1]):
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def resume_latest(ckpt_dir: str, model, optimizer) -> int:
-    """Load the newest checkpoint (strictly) into model and optimizer; return its step, or 0 if there is none."""
-    steps = list_checkpoints(ckpt_dir)
-    if not steps:
+def resume_latest(ckpt_dir: str, model, optimizer, scheduler, usage: CodeUsage) -> int:
+    """Load the newest checkpoint (strictly) into model, optimizer, schedule and code usage; return its step, or 0
+    if there is none. The run then continues as if it had not stopped (same batches, flips and restarts)."""
+    found = latest_checkpoint([ckpt_dir])
+    if found is None:
         return 0
-    weights, state = checkpoint_paths(ckpt_dir, steps[-1])
-    load_model_weights(model, weights)
-    optimizer.load_state_dict(torch.load(state, map_location="cpu", weights_only=True)["optimizer"])
-    return steps[-1]
-
+    step, path = found
+    load_model_weights(model, path + ".safetensors")
+    state = torch.load(os.path.join(path, TRAIN_STATE), map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    usage.last_seen.copy_(state["code_last_seen"])
+    return step

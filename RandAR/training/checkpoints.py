@@ -1,9 +1,11 @@
-"""Training checkpoints on disk: atomic saves, finding the newest complete one, retention, mirroring.
+"""Training checkpoints on disk (train_c2i.py and the tokenizer trainer): atomic saves, finding the newest complete
+one, retention, mirroring.
 
 Layout of `<experiment>/checkpoints/` (and of its mirror `<disk-location>/<experiment name>/`):
 
-    iters_00010000/                    accelerator.save_state: model, optimizer, RNG states, train state,
-                                       LR scheduler, EMA (registered objects)
+    iters_00010000/                    the full training state; train_c2i: accelerator.save_state (model,
+                                       optimizer, RNG states, train state, LR scheduler, EMA); the tokenizer
+                                       trainer: train.pt (optimizer, LR scheduler)
     iters_00010000.safetensors         model-only export (official keys, resolved config in the metadata)
     iters_00010000.ema.safetensors     the EMA weights, when `ema: true`
 
@@ -18,10 +20,11 @@ final step), its exports too. So a run ends with one full state plus the model-o
 import os
 import re
 import shutil
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from RandAR.utils.atomic import atomic_path
 from RandAR.utils.checkpoint import atomic_save_safetensors
 
 PREFIX = "iters_"
@@ -64,7 +67,7 @@ def clear_temporaries(folder: str):
     """Remove what an interrupted save or copy left behind (call when no save is running)."""
     if os.path.isdir(folder):
         for name in os.listdir(folder):
-            if name.startswith(TMP) or ".safetensors.tmp." in name:
+            if name.startswith(TMP) or ".tmp." in name:  # ours, atomic_path's and atomic_save_safetensors'
                 path = os.path.join(folder, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
@@ -100,26 +103,28 @@ def _commit(tmp: str, final: str):
         os.rename(tmp, final)
 
 
-def save_checkpoint(accelerator, ckpt_dir: str, step: int,
-                    exports: Mapping[str, Tuple[Mapping[str, torch.Tensor], Dict[str, str]]]) -> str:
-    """accelerator.save_state for `step`, plus model-only exports; call on every process.
+def save_checkpoint(ckpt_dir: str, step: int, write_state: Callable[[str], None],
+                    exports: Mapping[str, Tuple[Mapping[str, torch.Tensor], Dict[str, str]]], is_main: bool = True,
+                    barrier: Callable[[], None] = lambda: None) -> str:
+    """Checkpoint `step`: write_state(folder) writes the full training state (train_c2i: accelerator.save_state,
+    called on every process), then the main process writes the model-only exports and commits the folder.
 
-    exports: file suffix (".safetensors", ".ema.safetensors") -> (state dict, safetensors metadata); the
-    main process writes them. Returns the final folder.
+    exports: file suffix (".safetensors", ".ema.safetensors") -> (state dict, safetensors metadata).
+    barrier: waits for every process (accelerator.wait_for_everyone). Returns the final folder.
     """
     name = checkpoint_name(step)
     final, tmp = os.path.join(ckpt_dir, name), os.path.join(ckpt_dir, TMP + name)
-    if accelerator.is_main_process:
+    if is_main:
         os.makedirs(ckpt_dir, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)  # every process: it writes its own RNG state (and shards under FSDP)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    barrier()
+    write_state(tmp)
+    barrier()
+    if is_main:
         for suffix, (state_dict, metadata) in exports.items():
             atomic_save_safetensors(state_dict, os.path.join(ckpt_dir, name + suffix), metadata)
         _commit(tmp, final)
-    accelerator.wait_for_everyone()
+    barrier()
     return final
 
 
@@ -147,8 +152,8 @@ def mirror_checkpoint(ckpt_dir: str, step: int, mirror_dir: str, keep_last_k: in
     clear_temporaries(mirror_dir)
     for src in _siblings(ckpt_dir, name):
         dst = os.path.join(mirror_dir, os.path.basename(src))
-        shutil.copyfile(src, dst + ".tmp.copy")
-        os.replace(dst + ".tmp.copy", dst)
+        with atomic_path(dst) as tmp_copy:
+            shutil.copyfile(src, tmp_copy)
     tmp, final = os.path.join(mirror_dir, TMP + name), os.path.join(mirror_dir, name)
     shutil.copytree(os.path.join(ckpt_dir, name), tmp)
     _commit(tmp, final)

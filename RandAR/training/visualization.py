@@ -4,26 +4,26 @@ Everything here takes and returns uint8 numpy images [B, H, W, 3] (what `decode_
 needs neither torchvision nor OpenCV.
 """
 import math
-from typing import Dict, Optional, Sequence
+import os
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from PIL import Image, ImageDraw
 
+from RandAR.training.step import unwrap
+from RandAR.utils.atomic import atomic_path
+from RandAR.utils.images import image_grid
+from RandAR.utils.seeding import Stream, seed_for
 
-def make_grid(imgs: np.ndarray, num_cols: Optional[int] = None, pad: int = 2) -> np.ndarray:
-    """[B, H, W, 3] uint8 -> one [rows*(H+pad)-pad, cols*(W+pad)-pad, 3] image, row by row.
+VIS_CFG_SCALES = (4.0, 4.0)  # guidance of the free samples in the visualisations (the original's)
 
-    Default columns: about twice as many as rows (the original's layout).
-    """
-    B, H, W, C = imgs.shape
-    cols = num_cols or math.ceil(B / max(1, int(math.sqrt(B / 2))))
-    rows = math.ceil(B / cols)
-    grid = np.full((rows * (H + pad) - pad, cols * (W + pad) - pad, C), 255, dtype=np.uint8)
-    for i in range(B):
-        r, c = divmod(i, cols)
-        grid[r * (H + pad): r * (H + pad) + H, c * (W + pad): c * (W + pad) + W] = imgs[i]
-    return grid
+
+def make_grid(imgs: np.ndarray) -> np.ndarray:
+    """[B, H, W, 3] uint8 -> one grid with about twice as many columns as rows (the original's layout)."""
+    b = imgs.shape[0]
+    return image_grid(imgs, cols=math.ceil(b / max(1, int(math.sqrt(b / 2)))))
 
 
 def enlarge(imgs: np.ndarray, min_size: int = 64) -> np.ndarray:
@@ -85,3 +85,20 @@ def training_panels(model, tokenizer, token_logits: torch.Tensor, token_order: t
             model.train(was_training)
         panels["samples"] = tokenizer.decode_codes_to_img(ids, image_size)
     return {name: make_grid(enlarge(imgs)) for name, imgs in panels.items()}
+
+
+def visualize(accelerator, model, tokenizer, vis, cfg, step, exp_dir, logger):
+    """Save (and log to wandb) the training panels of one micro-batch: <exp_dir>/visualizations/iters_<step>.png."""
+    logits, order, codes, labels = vis
+    raw = unwrap(accelerator, model)
+    seed = seed_for(cfg.global_seed, Stream.VIS_SAMPLES, step)
+    panels = training_panels(raw, tokenizer, logits, order, codes, labels, cfg.get("visualize_num", 32),
+                             VIS_CFG_SCALES, raw.num_inference_steps, seed=seed,
+                             free_samples=accelerator.distributed_type != DistributedType.FSDP)
+    path = os.path.join(exp_dir, "visualizations", f"iters_{step:08d}.png")
+    with atomic_path(path) as tmp:
+        Image.fromarray(stack_panels(panels)).save(tmp)
+    if "wandb" in str(cfg.accelerator.get("log_with")):
+        import wandb
+        accelerator.log({f"vis/{k}": wandb.Image(v) for k, v in panels.items()}, step=step)
+    logger.info(f"saved visualisation {path}")

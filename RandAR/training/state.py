@@ -6,7 +6,8 @@ The rule: randomness is a pure function of (global_seed, step, ...), never of hi
   * Per-item randomness (which stored augmentation a code file gives) is seeded from (seed, epoch, index)
     (`SeededItems`), so it does not depend on the worker count, prefetching or restarts.
   * Model randomness (token orders, class dropout, dropout) comes from torch's global RNG, reseeded at the
-    start of every optimizer step from (seed, rank, step) (`step_seed`).
+    start of every optimizer step from (seed, rank, step) (Stream.TRAIN_STEP).
+Every seed comes from RandAR.utils.seeding, one named stream per use.
 `TrainState` (step, skipped steps) and `EMA` go into Accelerate's checkpoint as registered objects.
 """
 import copy
@@ -14,25 +15,10 @@ import signal
 from dataclasses import asdict, dataclass
 from typing import Iterator, List, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-
-def mix_seed(*values: int) -> int:
-    """Well-mixed 63-bit seed from a tuple of integers (numpy's SeedSequence hashing)."""
-    lo, hi = np.random.SeedSequence([int(v) for v in values]).generate_state(2, dtype=np.uint32)
-    return (int(hi) << 31) ^ int(lo)
-
-
-def step_seed(global_seed: int, rank: int, step: int) -> int:
-    """Seed of torch's RNG for optimizer step `step` on process `rank`."""
-    return mix_seed(global_seed, 1, rank, step)
-
-
-def sample_seed(global_seed: int, step: int) -> int:
-    """Seed of the free samples drawn for the visualisation at `step` (their own generator)."""
-    return mix_seed(global_seed, 4, step)
+from RandAR.utils.seeding import Stream, seed_for
 
 
 @dataclass
@@ -97,7 +83,7 @@ class StepBatchSampler(Sampler):
         self.steps_per_epoch = num_samples // self.global_batch
 
     def epoch_permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(mix_seed(self.seed, 2, epoch))
+        g = torch.Generator().manual_seed(seed_for(self.seed, Stream.EPOCH, epoch))
         return torch.randperm(self.num_samples, generator=g)
 
     def step_batches(self, step: int, perm: torch.Tensor) -> List[List[Tuple[int, int]]]:
@@ -135,7 +121,7 @@ class SeededItems(Dataset):
     def __getitem__(self, item: Tuple[int, int]):
         index, epoch = item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(self.seed, 3, epoch, index))
+            torch.manual_seed(seed_for(self.seed, Stream.ITEM, epoch, index))
             return self.dataset[index]
 
 
