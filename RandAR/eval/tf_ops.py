@@ -92,21 +92,9 @@ def op_conv2d(b: Builder):
     return run
 
 
-def op_max_pool(b: Builder):
-    b.nhwc()
-    k, s = _window(b, "ksize"), _window(b, "strides")
-
-    def run(x):
-        t, bo, l, r = _paddings(b, x, k, s)
-        x = _nchw(x)
-        if t == bo and l == r and 2 * t <= k[0] and 2 * l <= k[1]:  # torch pads with -inf itself
-            return _nhwc(F.max_pool2d(x, k, s, padding=(t, l)))
-        return _nhwc(F.max_pool2d(F.pad(x, (l, r, t, bo), value=-float("inf")), k, s))
-    return run
-
-
-def op_avg_pool(b: Builder):
-    """Mean over the window's pixels inside the image: padding is not counted (TF's AvgPool)."""
+def _pool(b: Builder, torch_padded, explicit):
+    """A pooling op: torch's own symmetric padding where it can pad as TF does (at most half the window),
+    else `explicit(x, k, s, (left, right, top, bottom))` on NCHW x."""
     b.nhwc()
     k, s = _window(b, "ksize"), _window(b, "strides")
 
@@ -114,11 +102,25 @@ def op_avg_pool(b: Builder):
         t, bo, l, r = _paddings(b, x, k, s)
         x = _nchw(x)
         if t == bo and l == r and 2 * t <= k[0] and 2 * l <= k[1]:
-            return _nhwc(F.avg_pool2d(x, k, s, padding=(t, l), count_include_pad=False))
-        total = F.avg_pool2d(F.pad(x, (l, r, t, bo)), k, s, divisor_override=1)
-        ones = F.pad(x.new_ones(1, 1, *x.shape[2:]), (l, r, t, bo))
-        return _nhwc(total / F.avg_pool2d(ones, k, s, divisor_override=1))
+            return _nhwc(torch_padded(x, k, s, (t, l)))
+        return _nhwc(explicit(x, k, s, (l, r, t, bo)))
     return run
+
+
+def op_max_pool(b: Builder):
+    """torch pads with -inf, as TF's MaxPool ignores the padding."""
+    return _pool(b, lambda x, k, s, p: F.max_pool2d(x, k, s, padding=p),
+                 lambda x, k, s, p: F.max_pool2d(F.pad(x, p, value=-float("inf")), k, s))
+
+
+def op_avg_pool(b: Builder):
+    """Mean over the window's pixels inside the image: padding is not counted (TF's AvgPool)."""
+    def explicit(x, k, s, p):
+        total = F.avg_pool2d(F.pad(x, p), k, s, divisor_override=1)
+        ones = F.pad(x.new_ones(1, 1, *x.shape[2:]), p)
+        return total / F.avg_pool2d(ones, k, s, divisor_override=1)
+
+    return _pool(b, lambda x, k, s, p: F.avg_pool2d(x, k, s, padding=p, count_include_pad=False), explicit)
 
 
 def op_batch_norm_global(b: Builder):
