@@ -2,7 +2,8 @@
 
     adm   ADM's Inception-v3 graph; path = classify_image_graph_def.pb (default $RANDAR_INCEPTION_PATH or
           ~/.cache/randar/classify_image_graph_def.pb); backend "tf" (RandAR.eval.fid.InceptionV3TF) or "torch"
-          (RandAR.eval.inception_torch.InceptionV3Torch: the same graph run by PyTorch, no TensorFlow)
+          (RandAR.eval.inception_torch.InceptionV3Torch: the same graph run by PyTorch, no TensorFlow), chosen
+          by RandAR.eval.fid.build_inception, which `python -m RandAR.eval.fid` uses too
     toy   the CPU quickstart's classifier (RandAR.toy.classifier); path = its checkpoint (required)
     a.b.C any class with a no-argument constructor and RandAR.eval.fid.FeatureExtractor's `pool_features`
 """

@@ -3,7 +3,8 @@
 `InceptionV3Torch` is the torch twin of RandAR.eval.fid.InceptionV3TF: it runs classify_image_graph_def.pb's
 own nodes and constants (RandAR.eval.tf_graph) from `ExpandDims:0` to `pool_3:0` and `mixed_6/conv:0` (the names
 in RandAR.eval.inception_graph), and takes IS's classifier weight from the graph's `softmax/logits/MatMul`, so it
-returns the same three arrays that fid.evaluate_with scores. Float32 throughout, with TF32 switched off while it runs on CUDA.
+returns the same three arrays that fid.evaluate_with scores. Float32 throughout, with TF32 switched off while it
+runs on CUDA.
 """
 import contextlib
 from typing import Optional
