@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from RandAR.eval import fid, metrics
+from RandAR.eval import fid, inception_graph, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -353,20 +353,20 @@ def test_evaluate_with_plain_extractor_reads_reference_only_when_needed(batches,
 
 def test_missing_graph_error(tmp_path, monkeypatch):
     missing = str(tmp_path / "nowhere" / "classify_image_graph_def.pb")
-    with pytest.raises(fid.InceptionGraphMissing) as err:
+    with pytest.raises(inception_graph.InceptionGraphMissing) as err:
         fid.InceptionV3TF(missing)
-    assert missing in str(err.value) and fid.INCEPTION_URL in str(err.value)
+    assert missing in str(err.value) and inception_graph.INCEPTION_URL in str(err.value)
 
-    monkeypatch.setenv(fid.INCEPTION_ENV, missing)  # the environment variable is the next choice
-    with pytest.raises(fid.InceptionGraphMissing, match="nowhere"):
-        fid.resolve_inception_path()
-    monkeypatch.delenv(fid.INCEPTION_ENV)
+    monkeypatch.setenv(inception_graph.INCEPTION_ENV, missing)  # the environment variable is the next choice
+    with pytest.raises(inception_graph.InceptionGraphMissing, match="nowhere"):
+        inception_graph.resolve_inception_path()
+    monkeypatch.delenv(inception_graph.INCEPTION_ENV)
     monkeypatch.setenv("HOME", str(tmp_path))  # then ~/.cache/randar/, downloaded there: here from nowhere
-    monkeypatch.setattr(fid, "INCEPTION_URL", (tmp_path / "offline.pb").as_uri())
-    with pytest.raises(fid.InceptionGraphMissing, match=".cache/randar/classify_image_graph_def.pb"):
-        fid.resolve_inception_path()
+    monkeypatch.setattr(inception_graph, "INCEPTION_URL", (tmp_path / "offline.pb").as_uri())
+    with pytest.raises(inception_graph.InceptionGraphMissing, match=".cache/randar/classify_image_graph_def.pb"):
+        inception_graph.resolve_inception_path()
 
-    with pytest.raises(SystemExit, match=fid.INCEPTION_URL):  # the CLI: one message, no traceback
+    with pytest.raises(SystemExit, match=inception_graph.INCEPTION_URL):  # the CLI: one message, no traceback
         fid.main(["ref.npz", "sample.npz", "--inception-path", missing])
 
 
@@ -374,9 +374,9 @@ def test_missing_graph_error(tmp_path, monkeypatch):
 
 def _use_default_cache(tmp_path, monkeypatch, url):
     """No flag, no $RANDAR_INCEPTION_PATH, HOME in tmp_path, the graph's URL replaced -> the cache path."""
-    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
+    monkeypatch.delenv(inception_graph.INCEPTION_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(fid, "INCEPTION_URL", url)
+    monkeypatch.setattr(inception_graph, "INCEPTION_URL", url)
     return tmp_path / ".cache" / "randar" / "classify_image_graph_def.pb"
 
 
@@ -389,8 +389,8 @@ def test_graph_is_downloaded_on_first_use(graph, batches, tmp_path, monkeypatch)
     np.testing.assert_allclose(pool, _numpy_features(ref[:3], w)[0], rtol=1e-4, atol=1e-5)
     assert cache.read_bytes() == pathlib.Path(path).read_bytes()
     assert os.listdir(cache.parent) == [cache.name]  # no temporary file left behind
-    monkeypatch.setattr(fid, "INCEPTION_URL", (tmp_path / "gone.pb").as_uri())  # later runs never fetch
-    assert fid.resolve_inception_path() == str(cache)
+    monkeypatch.setattr(inception_graph, "INCEPTION_URL", (tmp_path / "gone.pb").as_uri())  # later runs never fetch
+    assert inception_graph.resolve_inception_path() == str(cache)
 
 
 def _other_graph_bytes():
@@ -403,8 +403,8 @@ def _other_graph_bytes():
 
 
 @pytest.mark.parametrize("kind, reason", [
-    ("truncated", "past the end|malformed"),
-    ("html", "wire type"),
+    ("truncated", "not a serialized GraphDef"),
+    ("html", "not a serialized GraphDef"),
     ("other graph", "no node pool_3, mixed_6/conv, softmax/logits/MatMul"),
     ("offline", "No such file|not found|URLError|urlopen"),
 ])
@@ -418,7 +418,7 @@ def test_bad_download_is_refused_and_not_cached(graph, tmp_path, monkeypatch, ki
     elif kind == "other graph":
         served.write_bytes(_other_graph_bytes())
     cache = _use_default_cache(tmp_path, monkeypatch, served.as_uri())
-    with pytest.raises(fid.InceptionGraphMissing, match=reason) as err:
+    with pytest.raises(inception_graph.InceptionGraphMissing, match=reason) as err:
         fid.InceptionV3TF()
     assert served.as_uri() in str(err.value) and "--inception-path" in str(err.value)
     assert not cache.exists() and os.listdir(cache.parent) == []  # nothing cached, no partial file
@@ -428,12 +428,12 @@ def test_bad_download_is_refused_and_not_cached(graph, tmp_path, monkeypatch, ki
 
 def test_given_graph_path_is_never_downloaded_over(tmp_path, monkeypatch, graph):
     missing = tmp_path / "mine.pb"
-    monkeypatch.setattr(fid, "INCEPTION_URL", pathlib.Path(graph[0]).as_uri())
-    with pytest.raises(fid.InceptionGraphMissing, match="--inception-path"):
-        fid.resolve_inception_path(str(missing))
-    monkeypatch.setenv(fid.INCEPTION_ENV, str(missing))
-    with pytest.raises(fid.InceptionGraphMissing, match=fid.INCEPTION_ENV):
-        fid.resolve_inception_path()
+    monkeypatch.setattr(inception_graph, "INCEPTION_URL", pathlib.Path(graph[0]).as_uri())
+    with pytest.raises(inception_graph.InceptionGraphMissing, match="--inception-path"):
+        inception_graph.resolve_inception_path(str(missing))
+    monkeypatch.setenv(inception_graph.INCEPTION_ENV, str(missing))
+    with pytest.raises(inception_graph.InceptionGraphMissing, match=inception_graph.INCEPTION_ENV):
+        inception_graph.resolve_inception_path()
     assert not missing.exists()
 
 

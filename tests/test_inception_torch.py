@@ -1,6 +1,6 @@
 """The Inception graph run by PyTorch (RandAR.eval.tf_graph) against TensorFlow running the same GraphDef.
 
-Per op: every op type in tf_graph.OPS, on graphs written node by node with random shapes, strides, paddings and
+Per op: every op type in tf_ops.OPS, on graphs written node by node with random shapes, strides, paddings and
 attributes, gives TF's outputs to float32 tolerance. Whole graph: an Inception-like graph with the real graph's
 op types and tensor names gives the same five metrics with --backend torch and --backend tf, also with
 TensorFlow hidden from the torch run.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from RandAR.eval import fid, tf_graph
+from RandAR.eval import fid, tf_graph, tf_ops
 from RandAR.eval.tf_graph import TFGraph, parse_graph_def
 from tf_graphs import GraphBuilder, run_tf, write_inception_like
 
@@ -234,7 +234,7 @@ CASES = {
 
 
 def test_every_supported_op_has_a_case():
-    assert set(CASES) == set(tf_graph.OPS) | {"Const"}
+    assert set(CASES) == set(tf_ops.OPS) | {"Const"}
 
 
 def _run_both(graph_bytes, feeds, fetch="y:0"):
@@ -257,9 +257,9 @@ def test_op_matches_tensorflow(op, seed):
 
 def test_same_padding_is_split_as_tensorflow_splits_it():
     # Stride 2 over an even size: TF pads 0 before and 1 after (torch's symmetric padding would shift the grid).
-    assert tf_graph._same_padding(8, 3, 2, 1) == (0, 1)
-    assert tf_graph._same_padding(7, 3, 2, 1) == (1, 1)
-    assert tf_graph._same_padding(8, 4, 1, 1) == (1, 2)
+    assert tf_ops._same_padding(8, 3, 2, 1) == (0, 1)
+    assert tf_ops._same_padding(7, 3, 2, 1) == (1, 1)
+    assert tf_ops._same_padding(8, 4, 1, 1) == (1, 2)
 
 
 # ---------------------------------------------------------------- graph-level behaviour

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from RandAR.eval.toy_classifier import load_classifier
+from RandAR.toy.classifier import load_classifier
 from RandAR.utils.config import load_config
 from RandAR.utils.sample_io import class_labels
 
@@ -87,14 +87,14 @@ def test_quickstart_refuses_to_mix_outputs_of_other_settings(tmp_path, monkeypat
     out = str(tmp_path / "demo")
     quickstart.check_stamp(out, {"quick": True, "seed": 0})
     quickstart.check_stamp(out, {"quick": True, "seed": 0})  # same settings: reuse
-    with pytest.raises(SystemExit, match="different quick.*--force"):
+    with pytest.raises(SystemExit, match="records another.*quick: True there, False now.*--force"):
         quickstart.check_stamp(out, {"quick": False, "seed": 0})
     config = tmp_path / "changed.yaml"
     config.write_text("max_iters: 1\n")
     monkeypatch.setattr(quickstart, "MODEL_CONFIG", str(config))  # an absolute path wins in os.path.join
-    with pytest.raises(SystemExit, match="different .*changed.yaml"):
+    with pytest.raises(SystemExit, match="records another.*changed.yaml"):
         quickstart.check_stamp(out, {"quick": True, "seed": 0})
     older = tmp_path / "older"
     (older / "data").mkdir(parents=True)  # outputs from before stamps existed
-    with pytest.raises(SystemExit, match="older quickstart"):
+    with pytest.raises(SystemExit, match="data exist without a record of what made them"):
         quickstart.check_stamp(str(older), {"quick": True, "seed": 0})

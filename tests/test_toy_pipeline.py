@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from RandAR.dataset import toy
+from RandAR.toy import data as toy
 from RandAR.dataset.imagenet import ImageTarDataset
 from RandAR.eval import fid
 from RandAR.eval.extractors import build_extractor
-from RandAR.eval.toy_classifier import SPATIAL_CHANNELS, build_toy_extractor, load_classifier
+from RandAR.toy.classifier import SPATIAL_CHANNELS, build_toy_extractor, load_classifier
 from RandAR.model.tokenizers import build_tokenizer
 from RandAR.utils.config import instantiate_from_config, load_config
 
@@ -175,6 +175,25 @@ def classifier_ckpt(data_dir, tmp_path_factory):
     assert result["val_accuracy"] == pytest.approx(hits.mean())
     assert result["val_per_class_accuracy"] == pytest.approx([hits[labels == c].mean() for c in range(10)])
     return path
+
+
+def test_classifier_checkpoint_carries_its_config(classifier_ckpt, tmp_path):
+    """One safetensors file: the weights, the architecture under `config`, the training report beside it; a file
+    without `config` is refused by name, before any weights are read."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(classifier_ckpt, framework="pt") as f:
+        meta, keys = f.metadata(), set(f.keys())
+    assert json.loads(meta["config"]) == {"num_classes": 10, "image_size": 32, "widths": [8, 16, 32]}
+    assert json.loads(meta["iterations"]) == 3 and len(json.loads(meta["classes"])) == 10
+    assert keys == set(load_classifier(classifier_ckpt).state_dict())
+    bare = str(tmp_path / "bare.safetensors")
+    save_file({"head.weight": torch.zeros(10, 32)}, bare, metadata={"arch": meta["config"]})
+    with pytest.raises(ValueError, match="bare.safetensors has no `config` metadata"):
+        load_classifier(bare)
+    with pytest.raises(FileNotFoundError, match="train one with tools/train_classifier.py"):
+        load_classifier(str(tmp_path / "absent.safetensors"))
 
 
 def test_extractor_shapes_and_probabilities(data_dir, classifier_ckpt):

@@ -1,4 +1,4 @@
-"""Write the procedural 10-class toy dataset (RandAR/dataset/toy.py) as train.tar / val.tar in ImageNet layout.
+"""Write the procedural 10-class toy dataset (RandAR/toy/data.py) as train.tar / val.tar in ImageNet layout.
 
     python tools/make_toy_dataset.py --out data/toy --num-train-per-class 1000 --num-val-per-class 100
 """
@@ -9,7 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from RandAR.dataset.toy import CLASS_NAMES, make_toy_dataset  # noqa: E402
+from RandAR.toy.data import CLASS_NAMES, make_toy_dataset  # noqa: E402
 
 
 def main(argv=None):

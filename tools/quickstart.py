@@ -20,7 +20,6 @@ metrics.json, and the summary table printed at the end.
 """
 import argparse
 import glob
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,11 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from RandAR.toy.data import load_tar_arrays  # noqa: E402
+from RandAR.toy.classifier import build_toy_extractor  # noqa: E402
+from RandAR.utils.atomic import atomic_path, write_json  # noqa: E402
+from RandAR.utils.images import image_grid  # noqa: E402
+from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
 from RandAR.utils.sample_io import class_labels  # noqa: E402
 
 MODEL_CONFIG = "configs/randar/randar_toy.yaml"
@@ -43,9 +47,8 @@ TOKENIZER_CONFIG = "configs/tokenization/toy_vq.yaml"
 NUM_CLASSES, IMAGE_SIZE = 10, 32
 STEP_COUNTS = (64, 22, 8)  # one token per step; about a third; an eighth
 EXP = "toy"
-# Sampling keeps the 4 likeliest of the 128 codes. For a model trained for minutes this truncation lowers FID
-# (64 steps, 5000 samples, same seed: 3.5 against 4.4 with top-k 8) and what parallel decoding costs in FID
-# (22 vs 64 steps: +5% to +9% over three seeds; +11% with top-k 8 on the same seed, +10% to +14% with top-k 16).
+# Sampling keeps the 4 likeliest of the 128 codes: for a model trained for minutes this lowers FID and what
+# parallel decoding costs in FID (README, "Quickstart results").
 TOP_K = 4
 
 # Sizes of the full run and of --quick (the test suite's reduced run).
@@ -59,27 +62,15 @@ QUICK = dict(train_per_class=40, val_per_class=10, vq_iters=20, cls_iters=10, gp
 
 
 def check_stamp(out: str, settings: dict) -> None:
-    """Finished stages are reused only if made from the same configs, dataset code and run settings: write these
-    into <out>/stamp.json on the first run, and stop with a clear message when a later run differs."""
-    stamp = dict(settings)
-    for rel in (MODEL_CONFIG, TOKENIZER_CONFIG, "RandAR/dataset/toy.py"):
-        with open(os.path.join(ROOT, rel), "rb") as f:
-            stamp[rel] = hashlib.sha256(f.read()).hexdigest()[:16]
-    path = os.path.join(out, "stamp.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        changed = sorted(k for k in set(old) | set(stamp) if old.get(k) != stamp.get(k))
-        if changed:
-            sys.exit(f"quickstart: {out} holds outputs made with a different {', '.join(changed)}; reusing them "
-                     f"would mix versions. Rerun with --force to start over there, or choose another --out.")
-        return
-    if os.path.isdir(os.path.join(out, "data")):
-        sys.exit(f"quickstart: {out} holds outputs of an older quickstart (no stamp.json); rerun with --force to "
-                 f"start over there, or choose another --out.")
-    os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(stamp, f, indent=1)
+    """Finished stages are reused only if made from the same configs, dataset code and run settings: record them in
+    <out>/stamp.json (RandAR.utils.run_stamp) on the first run, and stop naming what differs when a later run does."""
+    stamp = {**settings, **{rel: file_fingerprint(os.path.join(ROOT, rel))
+                            for rel in (MODEL_CONFIG, TOKENIZER_CONFIG, "RandAR/toy/data.py")}}
+    try:
+        claim(os.path.join(out, "stamp.json"), stamp, outputs=[os.path.join(out, "data")], what="quickstart run",
+              fix="rerun with --force to start over there, or choose another --out")
+    except StampMismatchError as e:
+        sys.exit(f"quickstart: {e}")
 
 
 def cpu_bf16_is_faster() -> bool:
@@ -123,12 +114,9 @@ def load_npz(path):
 
 def pack_val_reference(data_dir: str, path: str):
     """The held-out split as the evaluator's reference batch (ADM centre crop, like the training images)."""
-    from RandAR.dataset.toy import load_tar_arrays
-
     images, _ = load_tar_arrays(os.path.join(data_dir, "val.tar"), IMAGE_SIZE)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, arr_0=images)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, arr_0=images)
 
 
 def training_curve_png(log_path: str, out: str) -> list:
@@ -252,10 +240,9 @@ def main(argv=None):
         step_npz[steps] = max(glob.glob(os.path.join(samples, f"*-cfg-1.0-{best}-steps-{steps}-*.npz")),
                               key=os.path.getmtime)
     for steps, npz in step_npz.items():
-        run(f"eval_steps{steps}", ["-m", "RandAR.eval.toy_classifier", ref, npz, "--ckpt", classifier], logs)
+        run(f"eval_steps{steps}", ["-m", "RandAR.toy.classifier", ref, npz, "--ckpt", classifier], logs)
 
     # 8: inpainting a held-out image (its centre 16x16 square regenerated)
-    from RandAR.dataset.toy import load_tar_arrays
     val_images, val_labels = load_tar_arrays(os.path.join(data, "val.tar"), IMAGE_SIZE)
     inpaint_dir = os.path.join(out, "inpaint")
     image_path, mask_path = os.path.join(inpaint_dir, "input.png"), os.path.join(inpaint_dir, "mask.png")
@@ -270,7 +257,6 @@ def main(argv=None):
                     "--output-dir", inpaint_dir, "--device", "cpu"], logs)
 
     # ---- results: pictures, metrics.json, summary ------------------------------------------------------
-    from RandAR.eval.toy_classifier import build_toy_extractor
     extractor = build_toy_extractor(classifier)
 
     def accuracy(npz):
@@ -298,10 +284,10 @@ def main(argv=None):
     per_class = min(8, min(int((final_labels == c).sum()) for c in range(NUM_CLASSES)))
     names = json.load(open(os.path.join(data, "classes.json")))
     blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    rows = [np.concatenate(list(final_images[final_labels == c][:per_class]) or [blank], axis=1)
-            for c in range(NUM_CLASSES)]
+    rows = [image_grid(final_images[final_labels == c][:per_class] if per_class else blank[None], pad=0,
+                       cols=max(per_class, 1)) for c in range(NUM_CLASSES)]
     labelled_rows(rows, [names[str(c)] for c in range(NUM_CLASSES)]).save(os.path.join(results, "samples_per_class.png"))
-    step_rows = [np.concatenate(list(load_npz(step_npz[s])[:10]), axis=1) for s in STEP_COUNTS]
+    step_rows = [image_grid(x, cols=len(x), pad=0) for x in (load_npz(step_npz[s])[:10] for s in STEP_COUNTS)]
     labelled_rows(step_rows, [f"{s} steps" for s in STEP_COUNTS]).save(os.path.join(results, "steps_comparison.png"))
     comparison = glob.glob(os.path.join(inpaint_dir, "*comparison.png"))
     if comparison:  # enlarged: the strip of 32-pixel images is tiny
@@ -309,8 +295,7 @@ def main(argv=None):
         Image.fromarray(np.kron(strip, np.ones((4, 4, 1), np.uint8))).save(os.path.join(results, "inpainting.png"))
     curve = training_curve_png(os.path.join(exp_dir, "log.txt"), os.path.join(results, "training_curves.png"))
     metrics["training_loss"] = {"first": curve[0][1], "last": curve[-1][1]} if curve else None
-    with open(os.path.join(results, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json(metrics, os.path.join(results, "metrics.json"))
 
     print("\n=== RandAR quickstart summary" + (" (--quick: checks the chain, not the quality)" if args.quick else ""))
     print(f"{'setting':28s} {'FID':>8s} {'IS':>7s} {'class acc':>10s}")

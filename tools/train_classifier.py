@@ -1,4 +1,4 @@
-"""Train the toy dataset's CNN classifier (RandAR/eval/toy_classifier.py), the "toy" evaluator's network.
+"""Train the toy dataset's CNN classifier (RandAR/toy/classifier.py), the "toy" evaluator's network.
 
     python tools/train_classifier.py --data-path data/toy --out data/toy/classifier.safetensors
 
@@ -20,9 +20,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.dataset.imagenet import decode_rgb  # noqa: E402
-from RandAR.dataset.toy import encode_jpeg, load_tar_arrays  # noqa: E402
-from RandAR.eval.toy_classifier import (ToyClassifier, ToyClassifierArgs, ToyExtractor,  # noqa: E402
-                                        save_classifier)
+from RandAR.toy.classifier import ToyClassifier, ToyClassifierArgs, ToyExtractor, save_classifier  # noqa: E402
+from RandAR.toy.data import encode_jpeg, load_tar_arrays  # noqa: E402
 from RandAR.training.lr_schedule import get_scheduler  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
 from RandAR.utils.seeding import Stream, seed_for  # noqa: E402

@@ -8,14 +8,13 @@ Two layers, so other networks can plug in:
   - `evaluate_with(extractor, ref, sample)` streams both files through any `FeatureExtractor` and scores the
     features with RandAR.eval.metrics;
   - `InceptionV3TF` is ADM's extractor: the frozen TF Inception-v3 graph `classify_image_graph_def.pb`, from
-    --inception-path / $RANDAR_INCEPTION_PATH, else from ~/.cache/randar/, downloaded there on first use.
+    --inception-path / $RANDAR_INCEPTION_PATH, else from ~/.cache/randar/, downloaded there on first use
+    (RandAR.eval.inception_graph).
     `evaluate(ref, sample)` uses it; `backend="torch"` runs the same graph with PyTorch instead
     (RandAR.eval.inception_torch, no TensorFlow).
 """
 import argparse
-import json
 import os
-import urllib.request
 import zipfile
 from contextlib import contextmanager
 from typing import Iterator, Optional, Protocol, Tuple
@@ -23,27 +22,13 @@ from typing import Iterator, Optional, Protocol, Tuple
 import numpy as np
 
 from RandAR.eval import metrics
+from RandAR.eval.inception_graph import (DEFAULT_INCEPTION_PATH, INCEPTION_ENV, INCEPTION_URL, INPUT_TENSOR,
+                                         LOGITS_MATMUL_OP, POOL_TENSOR, SPATIAL_CHANNELS, SPATIAL_TENSOR,
+                                         InceptionGraphMissing, resolve_inception_path)
+from RandAR.utils.atomic import write_json
 from RandAR.utils.progress import progress
 
-INCEPTION_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/classify_image_graph_def.pb"
-INCEPTION_ENV = "RANDAR_INCEPTION_PATH"
-DEFAULT_INCEPTION_PATH = "~/.cache/randar/classify_image_graph_def.pb"
-
-# Tensor names inside the graph, as ADM uses them. The graph decodes a JPEG, casts it to float and adds a batch
-# axis at `ExpandDims`; ADM feeds float images in [0, 255] there, so the graph's own bilinear resize to 299 and
-# (x - 128) / 128 scaling still apply.
-INPUT_TENSOR = "ExpandDims:0"
-POOL_TENSOR = "pool_3:0"  # (N, 1, 1, 2048): FID, precision, recall
-SPATIAL_TENSOR = "mixed_6/conv:0"  # (N, 17, 17, 768): sFID uses the first 7 channels
-LOGITS_MATMUL_OP = "softmax/logits/MatMul"  # its 2nd input is the (2048, 1008) classifier weight
-SPATIAL_CHANNELS = 7
-GRAPH_NODES = tuple(t.split(":")[0] for t in (INPUT_TENSOR, POOL_TENSOR, SPATIAL_TENSOR, LOGITS_MATMUL_OP))
-
 METRIC_NAMES = ("fid", "sfid", "inception_score", "precision", "recall")
-
-
-class InceptionGraphMissing(FileNotFoundError):
-    """The Inception-v3 graph file is not on disk; the message says where to get it and where to put it."""
 
 
 class FeatureExtractor(Protocol):
@@ -56,111 +41,6 @@ class FeatureExtractor(Protocol):
 
 
 # ---------------------------------------------------------------- ADM's Inception-v3 extractor (TensorFlow)
-
-def resolve_inception_path(path: Optional[str] = None) -> str:
-    """`path`, else $RANDAR_INCEPTION_PATH, else ~/.cache/randar/classify_image_graph_def.pb.
-
-    A path given by the flag or the variable must exist (offline clusters point at their copy); the default cache
-    path is filled on first use by downloading ADM's copy from INCEPTION_URL, as ADM's evaluator does.
-    """
-    given = path or os.environ.get(INCEPTION_ENV)
-    path = os.path.expanduser(given or DEFAULT_INCEPTION_PATH)
-    if os.path.isfile(path):
-        return path
-    if given:
-        raise InceptionGraphMissing(
-            f"Inception-v3 graph not found at {path} (--inception-path / ${INCEPTION_ENV}).\n"
-            f"Download ADM's copy there:  mkdir -p {os.path.dirname(path) or '.'} && wget -O {path} {INCEPTION_URL}\n"
-            f"or leave both unset to download it into {DEFAULT_INCEPTION_PATH} on first use."
-        )
-    download_inception_graph(path)
-    return path
-
-
-def download_inception_graph(path: str, url: Optional[str] = None):
-    """Fetch the graph to `path` (a temporary file, renamed only once it holds every tensor ADM reads), so an
-    interrupted download or an HTML error page is never taken for the graph."""
-    url = url or INCEPTION_URL
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    print(f"downloading ADM's Inception-v3 graph {url} -> {path}", flush=True)
-    try:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-                size = response.headers.get("Content-Length")
-                total = int(size) if size else None
-                with progress(total=total, unit="B", unit_scale=True, desc="classify_image_graph_def.pb") as bar:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            received = os.path.getsize(tmp)
-            if total is not None and received != total:
-                raise ValueError(f"got {received} of {total} bytes")
-            with open(tmp, "rb") as f:
-                check_inception_graph(f.read())
-        except (OSError, ValueError) as e:  # URLError and socket timeouts are OSErrors
-            raise InceptionGraphMissing(
-                f"could not download the Inception-v3 graph from {url}: {e}.\n"
-                f"Without network access, fetch it elsewhere and pass it with --inception-path or ${INCEPTION_ENV} "
-                f"(or put it at {path})."
-            ) from e
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _protobuf_fields(data: bytes):
-    """Yield (field number, wire type, value) of one serialized protobuf message; value is the bytes of a
-    length-delimited field, else None. Raises ValueError on anything that is not well-formed."""
-    pos, end = 0, len(data)
-
-    def varint():
-        nonlocal pos
-        value, shift = 0, 0
-        while True:
-            if pos >= end or shift > 63:
-                raise ValueError("truncated or malformed varint")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
-    while pos < end:
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("field number 0")
-        value = None
-        if wire == 0:
-            varint()
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        elif wire == 2:
-            n = varint()
-            value = data[pos:pos + n]
-            pos += n
-        else:  # groups (3, 4) are not in GraphDef; 6 and 7 do not exist
-            raise ValueError(f"wire type {wire}")
-        if pos > end:
-            raise ValueError("a field runs past the end of the data")
-        yield number, wire, value
-
-
-def check_inception_graph(data: bytes):
-    """Raise ValueError unless `data` is a serialized GraphDef with the nodes ADM reads. Read with the protobuf
-    wire format only, so the check needs neither TensorFlow nor a GraphDef schema."""
-    names = set()
-    for number, wire, node in _protobuf_fields(data):
-        if number == 1 and wire == 2:  # GraphDef.node: NodeDef, whose field 1 is its name
-            names.update(value.decode("utf-8", "replace") for n, w, value in _protobuf_fields(node)
-                         if n == 1 and w == 2)
-    missing = [name for name in GRAPH_NODES if name not in names]
-    if missing:
-        raise ValueError(f"not ADM's Inception graph: no node {', '.join(missing)}")
-
 
 class InceptionV3TF:
     """ADM's features from the frozen TF Inception-v3 graph: pool_3 (2048), mixed_6/conv first 7 channels
@@ -351,12 +231,23 @@ def metrics_json_path(sample_npz: str) -> str:
     return os.path.splitext(sample_npz)[0] + ".metrics.json"
 
 
+def report(result: dict, sample_npz: str) -> str:
+    """Print the metrics and write them to samples.metrics.json (what the evaluation CLIs leave behind)."""
+    for name in METRIC_NAMES:
+        print(f"{name}: {result[name]}")
+    out = metrics_json_path(sample_npz)
+    write_json(result, out)
+    print(f"wrote {out}")
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="ADM evaluator: FID, sFID, IS, precision, recall of a sample .npz")
     parser.add_argument("ref_batch", help="reference .npz, e.g. VIRTUAL_imagenet256_labeled.npz")
     parser.add_argument("sample_batch", help="sample .npz with uint8 images (N, H, W, 3) in arr_0")
     parser.add_argument("--inception-path", default=None,
-                        help=f"classify_image_graph_def.pb (default: ${INCEPTION_ENV} or {DEFAULT_INCEPTION_PATH})")
+                        help=f"classify_image_graph_def.pb (default: ${INCEPTION_ENV} or {DEFAULT_INCEPTION_PATH}, "
+                             f"downloaded from {INCEPTION_URL} on first use)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per Inception forward pass (default: 64; torch on CUDA: from free memory)")
     parser.add_argument("--backend", choices=BACKENDS, default="tf",
@@ -369,12 +260,7 @@ def main(argv=None) -> dict:
                           backend=args.backend)
     except InceptionGraphMissing as e:
         raise SystemExit(f"error: {e}")  # one message, no traceback
-    for name in METRIC_NAMES:
-        print(f"{name}: {result[name]}")
-    out = metrics_json_path(args.sample_batch)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {out}")
+    report(result, args.sample_batch)
     return result
 
 

@@ -1,9 +1,10 @@
 """ADM's Inception-v3 features computed by PyTorch from the same frozen graph, without TensorFlow.
 
 `InceptionV3Torch` is the torch twin of RandAR.eval.fid.InceptionV3TF: it runs classify_image_graph_def.pb's
-own nodes and constants (RandAR.eval.tf_graph) from `ExpandDims:0` to `pool_3:0` and `mixed_6/conv:0`, and
-takes IS's classifier weight from the graph's `softmax/logits/MatMul`, so it returns the same three arrays that
-fid.evaluate_with scores. Float32 throughout, with TF32 switched off while it runs on CUDA.
+own nodes and constants (RandAR.eval.tf_graph) from `ExpandDims:0` to `pool_3:0` and `mixed_6/conv:0` (the names
+in RandAR.eval.inception_graph), and takes IS's classifier weight from the graph's `softmax/logits/MatMul`, so it
+returns the same three arrays that fid.evaluate_with scores. Float32 throughout, with TF32 switched off while it
+runs on CUDA.
 """
 import contextlib
 from typing import Optional
@@ -11,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from RandAR.eval import fid
+from RandAR.eval import inception_graph as adm
 from RandAR.eval.tf_graph import TFGraph, read_graph_def
 
 BYTES_PER_IMAGE = 64 << 20  # generous peak activation memory of one 299x299 image through the graph, float32
@@ -49,14 +50,14 @@ class InceptionV3Torch:
     InceptionV3TF, computed by PyTorch on `device` (default: CUDA when available)."""
 
     def __init__(self, inception_path: Optional[str] = None, device=None):
-        path = fid.resolve_inception_path(inception_path)
+        path = adm.resolve_inception_path(inception_path)
         self.device = torch.device(device) if device is not None else default_device()
         self.batch_size = default_batch_size(self.device)
         graph_def = read_graph_def(path)
-        self.graph = TFGraph(graph_def, [fid.INPUT_TENSOR], [fid.POOL_TENSOR, fid.SPATIAL_TENSOR], self.device)
-        matmul = next((n for n in graph_def.node if n.name == fid.LOGITS_MATMUL_OP), None)
+        self.graph = TFGraph(graph_def, [adm.INPUT_TENSOR], [adm.POOL_TENSOR, adm.SPATIAL_TENSOR], self.device)
+        matmul = next((n for n in graph_def.node if n.name == adm.LOGITS_MATMUL_OP), None)
         if matmul is None or len(matmul.input) < 2:
-            raise ValueError(f"{path}: no node {fid.LOGITS_MATMUL_OP} with a weight input; not ADM's Inception graph?")
+            raise ValueError(f"{path}: no node {adm.LOGITS_MATMUL_OP} with a weight input; not ADM's Inception graph?")
         # ADM's IS classifier: the MatMul's second input (a constant in the graph), evaluated once.
         self.softmax_weight, = TFGraph(graph_def, [], [matmul.input[1]], self.device)()  # (D, C)
 
@@ -68,7 +69,7 @@ class InceptionV3Torch:
             for start in range(0, len(x), chunk):
                 pool, spatial = self.graph(x[start:start + chunk])  # (n, 1, 1, D), (n, h, w, C)
                 pools.append(pool.reshape(len(pool), -1))
-                spatials.append(spatial[..., :fid.SPATIAL_CHANNELS].reshape(len(spatial), -1))
+                spatials.append(spatial[..., :adm.SPATIAL_CHANNELS].reshape(len(spatial), -1))
             pool = torch.cat(pools)
             probs = torch.softmax(pool @ self.softmax_weight, dim=-1)  # (N, classes)
         return pool.cpu().numpy(), torch.cat(spatials).cpu().numpy(), probs.cpu().numpy()

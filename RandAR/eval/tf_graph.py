@@ -9,7 +9,7 @@ This is not a re-implementation of a network: `TFGraph` walks back from the requ
 function per node with the node's attributes and the graph's constants. Every supported op type computes what
 TensorFlow's kernel computes, to float32 rounding (resize coordinates, SAME padding split as TF splits it, average
 pooling that does not count padding, the legacy BatchNormWithGlobalNormalization, ...); an op type outside `OPS`
-is an error naming the node.
+is an error naming the node. The op builders are in RandAR/eval/tf_ops.py.
 
 Reading the .pb: with the `protobuf` package and a GraphDef schema declared below in Python (descriptor_pb2,
 TensorFlow's field numbers, a private descriptor pool). No TensorFlow, no generated _pb2 files (tensorboard's
@@ -18,7 +18,7 @@ protobuf runtime (C-accelerated) parses the 95 MB graph once per run.
 
 Layout: tensors keep TensorFlow's layout (NHWC), so every op's axes, broadcasting and reshapes mean what the
 graph says; convolutions and pools hand torch an NCHW *view* of the NHWC memory (torch's channels_last), which
-is also torch's fastest CPU layout for these convolutions (measured: 1.2-2x faster than contiguous NCHW).
+is also torch's fastest CPU layout for these convolutions (1.2-2x faster than contiguous NCHW).
 
 Batch: a Reshape whose target shape starts with 1 keeps the input's batch size instead, as ADM (after TTUR)
 makes the graph's batch-1 shapes batch-free.
@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from RandAR.eval.tf_ops import IN_PLACE, OPS, PASS_THROUGH, VIEWS, Builder
 
 # ---------------------------------------------------------------- GraphDef schema (TensorFlow's field numbers)
 
@@ -189,274 +190,6 @@ def parse_ref(ref: str) -> Tuple[str, int]:
     if name and index.isdigit():
         return name, int(index)
     return ref, 0
-
-
-# ---------------------------------------------------------------- op implementations (TensorFlow semantics)
-
-class Builder:
-    """What an op implementation may read while the plan is built: the node and its constant inputs."""
-
-    def __init__(self, node: Node, constants: Dict[str, np.ndarray], device):
-        self.node, self._constants, self.device = node, constants, device
-        self.inplace = False  # True when input 0 may be overwritten (set by TFGraph for IN_PLACE ops)
-
-    def const(self, i: int) -> np.ndarray:
-        """The value of data input i, which must be a constant in the graph (an axis, a shape, ...)."""
-        name, _ = self.node.inputs[i]
-        if name not in self._constants:
-            raise ValueError(f"node {self.node.name} ({self.node.op}): input {i} ({name}) must be a Const")
-        return self._constants[name]
-
-    def is_const(self, i: int) -> bool:
-        return self.node.inputs[i][0] in self._constants
-
-    def nhwc(self) -> None:
-        fmt = self.node.attr("data_format", "NHWC")
-        if fmt != "NHWC":
-            raise ValueError(f"node {self.node.name} ({self.node.op}): data_format {fmt} is not supported (NHWC only)")
-
-
-_TORCH_DTYPES = {1: torch.float32, 2: torch.float64, 3: torch.int32, 4: torch.uint8, 5: torch.int16, 6: torch.int8,
-                 9: torch.int64, 10: torch.bool, 19: torch.float16}
-
-
-def _same_padding(size: int, k: int, s: int, d: int) -> Tuple[int, int]:
-    """TF's SAME: output ceil(size / s); the total padding is split with the extra pixel at the end."""
-    k_eff = (k - 1) * d + 1
-    total = max((-(-size // s) - 1) * s + k_eff - size, 0)
-    return total // 2, total - total // 2
-
-
-def _window(b: Builder, key: str):
-    v = b.node.attr(key)
-    if v is None or len(v) != 4 or v[0] != 1 or v[3] != 1:
-        raise ValueError(f"node {b.node.name} ({b.node.op}): {key}={v}: only spatial windows (1, h, w, 1) "
-                         f"are supported")
-    return v[1], v[2]
-
-
-def _paddings(b: Builder, x: torch.Tensor, k, s, d=(1, 1)):
-    """(top, bottom, left, right) for the node's padding attribute on NHWC input x."""
-    padding = b.node.attr("padding")
-    if padding == "VALID":
-        return 0, 0, 0, 0
-    if padding == "SAME":
-        return (*_same_padding(x.shape[1], k[0], s[0], d[0]), *_same_padding(x.shape[2], k[1], s[1], d[1]))
-    if padding == "EXPLICIT":
-        p = b.node.attr("explicit_paddings")  # NHWC pairs
-        return p[2], p[3], p[4], p[5]
-    raise ValueError(f"node {b.node.name} ({b.node.op}): padding {padding!r} is not supported")
-
-
-def _nchw(x):  # NHWC memory seen as NCHW (torch's channels_last); no copy
-    return x.permute(0, 3, 1, 2)
-
-
-def _nhwc(x):
-    return x.permute(0, 2, 3, 1)
-
-
-def op_conv2d(b: Builder):
-    b.nhwc()
-    s, d = _window(b, "strides"), _window(b, "dilations") if b.node.attr("dilations") else (1, 1)
-    w = torch.as_tensor(b.const(1)).permute(3, 2, 0, 1).to(b.device)  # HWIO -> OIHW
-    w = w.contiguous(memory_format=torch.channels_last)
-
-    def run(x, _w):
-        t, bo, l, r = _paddings(b, x, w.shape[2:], s, d)
-        x = _nchw(x)
-        if t == bo and l == r:
-            return _nhwc(F.conv2d(x, w, stride=s, padding=(t, l), dilation=d))
-        return _nhwc(F.conv2d(F.pad(x, (l, r, t, bo)), w, stride=s, dilation=d))
-    return run
-
-
-def op_max_pool(b: Builder):
-    b.nhwc()
-    k, s = _window(b, "ksize"), _window(b, "strides")
-
-    def run(x):
-        t, bo, l, r = _paddings(b, x, k, s)
-        x = _nchw(x)
-        if t == bo and l == r and 2 * t <= k[0] and 2 * l <= k[1]:  # torch pads with -inf itself
-            return _nhwc(F.max_pool2d(x, k, s, padding=(t, l)))
-        return _nhwc(F.max_pool2d(F.pad(x, (l, r, t, bo), value=-float("inf")), k, s))
-    return run
-
-
-def op_avg_pool(b: Builder):
-    """Mean over the window's pixels inside the image: padding is not counted (TF's AvgPool)."""
-    b.nhwc()
-    k, s = _window(b, "ksize"), _window(b, "strides")
-
-    def run(x):
-        t, bo, l, r = _paddings(b, x, k, s)
-        x = _nchw(x)
-        if t == bo and l == r and 2 * t <= k[0] and 2 * l <= k[1]:
-            return _nhwc(F.avg_pool2d(x, k, s, padding=(t, l), count_include_pad=False))
-        total = F.avg_pool2d(F.pad(x, (l, r, t, bo)), k, s, divisor_override=1)
-        ones = F.pad(x.new_ones(1, 1, *x.shape[2:]), (l, r, t, bo))
-        return _nhwc(total / F.avg_pool2d(ones, k, s, divisor_override=1))
-    return run
-
-
-def op_batch_norm_global(b: Builder):
-    """The legacy BatchNormWithGlobalNormalization(t, m, v, beta, gamma) = (t - m) * rsqrt(v + eps) [* gamma] + beta,
-    computed in one pass as t * scale + (beta - m * scale): TF's kernel subtracts m first, so the two round
-    differently (by a few float32 ulps of t * scale), for one memory pass instead of two."""
-    eps, scaled, inplace = b.node.attr("variance_epsilon"), b.node.attr("scale_after_normalization"), b.inplace
-
-    def run(x, m, v, beta, gamma):
-        scale = torch.rsqrt(v + eps)
-        if scaled:
-            scale = scale * gamma
-        return torch.addcmul(beta - m * scale, x, scale, out=x if inplace else None)
-    return run
-
-
-def op_resize_bilinear(b: Builder):
-    """TF's ResizeBilinear: coordinates in float32, legacy (x * scale), half-pixel or align_corners."""
-    out_h, out_w = (int(v) for v in b.const(1))
-    align, half = b.node.attr("align_corners", False), b.node.attr("half_pixel_centers", False)
-
-    @functools.lru_cache(maxsize=8)
-    def weights(in_size: int, out_size: int, device):
-        scale = np.float32((in_size - 1) / (out_size - 1) if align and out_size > 1 else in_size / out_size)
-        i = np.arange(out_size, dtype=np.float32)
-        src = (i + np.float32(0.5)) * scale - np.float32(0.5) if half else i * scale
-        floor = np.floor(src)
-        lower = np.maximum(floor, 0).astype(np.int64)
-        upper = np.minimum(np.ceil(src), in_size - 1).astype(np.int64)
-        lerp = (src - floor).astype(np.float32)
-        return (torch.as_tensor(lower, device=device), torch.as_tensor(upper, device=device),
-                torch.as_tensor(lerp, device=device))
-
-    def run(x, _size):
-        x = x.float()
-        y0, y1, fy = weights(x.shape[1], out_h, x.device)
-        x0, x1, fx = weights(x.shape[2], out_w, x.device)
-        # TF: top = tl + (tr - tl) * fx, bottom likewise, out = top + (bottom - top) * fy. The x-lerp of an
-        # output row only depends on its input row, so it is done once per input row (same arithmetic).
-        left = x[:, :, x0]  # (N, H, out_w, C)
-        across = x[:, :, x1].sub_(left).mul_(fx[:, None]).add_(left)
-        top = across[:, y0]  # (N, out_h, out_w, C)
-        return across[:, y1].sub_(top).mul_(fy[:, None, None]).add_(top)
-    return run
-
-
-def op_concat(axis_input: int):
-    def build(b: Builder):
-        axis = int(b.const(axis_input))
-        first = 1 if axis_input == 0 else 0
-
-        def run(*xs):
-            xs = xs[first:first + len(xs) - 1]
-            return torch.cat(xs, dim=axis)
-        return run
-    return build
-
-
-def op_reshape(b: Builder):
-    shape = [int(v) for v in b.const(1)]
-    batch_free = bool(shape) and shape[0] == 1 and not b.is_const(0)
-
-    def run(x, _shape):
-        if batch_free:  # the graph's batch of 1 becomes the fed batch, as ADM patches it
-            return x.reshape(x.shape[0], *shape[1:])
-        return x.reshape(shape)
-    return run
-
-
-def op_expand_dims(b: Builder):
-    dim = int(b.const(1))
-    return lambda x, _dim: x.unsqueeze(dim)
-
-
-def op_squeeze(b: Builder):
-    dims = b.node.attr("squeeze_dims", [])
-    return lambda x: x.squeeze(tuple(dims)) if dims else x.squeeze()
-
-
-def op_mean(b: Builder):
-    axes = [int(a) for a in np.atleast_1d(b.const(1))]
-    keep = b.node.attr("keep_dims", False)
-    return lambda x, _axes: x.mean(dim=axes, keepdim=keep)
-
-
-def op_matmul(b: Builder):
-    ta, tb = b.node.attr("transpose_a", False), b.node.attr("transpose_b", False)
-    return lambda x, y: (x.T if ta else x) @ (y.T if tb else y)
-
-
-def op_cast(b: Builder):
-    dtype = b.node.attr("DstT")
-    if dtype not in _TORCH_DTYPES:
-        raise ValueError(f"node {b.node.name} (Cast): DstT enum {dtype} is not supported")
-    return lambda x: x.to(_TORCH_DTYPES[dtype])
-
-
-def op_check_numerics(b: Builder):
-    """Passes its input through and records an all-finite flag; TFGraph raises after the pass if one is False
-    (one host sync per call instead of one per node)."""
-    message = b.node.attr("message", "")
-
-    def run(x):
-        run.checks.append((b.node.name, message, torch.isfinite(torch.stack(torch.aminmax(x))).all()))
-    run.checks = None  # set by TFGraph
-    return run
-
-
-def _simple(fn: Callable) -> Callable:
-    return lambda b: fn
-
-
-def _binary(fn: Callable) -> Callable:
-    """Elementwise op with numpy broadcasting; writes into x when allowed and the result has x's shape and dtype."""
-    def build(b: Builder):
-        if not b.inplace:
-            return fn
-
-        def run(x, y):
-            if x.dtype == y.dtype and torch.broadcast_shapes(x.shape, y.shape) == x.shape:
-                return fn(x, y, out=x)
-            return fn(x, y)
-        return run
-    return build
-
-
-OPS: Dict[str, Callable[[Builder], Callable]] = {
-    "Identity": _simple(lambda x: x),
-    "StopGradient": _simple(lambda x: x),
-    "CheckNumerics": op_check_numerics,
-    "Cast": op_cast,
-    "ExpandDims": op_expand_dims,
-    "Squeeze": op_squeeze,
-    "Reshape": op_reshape,
-    "ResizeBilinear": op_resize_bilinear,
-    "Add": _binary(torch.add),
-    "AddV2": _binary(torch.add),
-    "BiasAdd": _binary(torch.add),  # NHWC: the bias is on the last axis, numpy broadcasting
-    "Sub": _binary(torch.sub),
-    "Mul": _binary(torch.mul),
-    "RealDiv": _binary(torch.div),
-    "Conv2D": op_conv2d,
-    "BatchNormWithGlobalNormalization": op_batch_norm_global,
-    "Relu": lambda b: torch.relu_ if b.inplace else torch.relu,
-    "Tanh": _simple(torch.tanh),
-    "MaxPool": op_max_pool,
-    "AvgPool": op_avg_pool,
-    "Concat": op_concat(axis_input=0),
-    "ConcatV2": op_concat(axis_input=-1),
-    "Mean": op_mean,
-    "MatMul": op_matmul,
-    "Softmax": _simple(lambda x: torch.softmax(x, dim=-1)),
-}
-
-
-PASS_THROUGH = {"Identity", "StopGradient", "CheckNumerics"}  # output = the input tensor (CheckNumerics also checks)
-VIEWS = {"Reshape", "ExpandDims", "Squeeze", "Cast"}  # output may share the input's memory
-# may overwrite input 0 when no one else reads it
-IN_PLACE = {"BatchNormWithGlobalNormalization", "Relu", "Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv"}
 
 
 class CheckNumericsError(RuntimeError):

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
+
+from RandAR.utils.atomic import atomic_path
 from RandAR.utils.progress import progress
 
 
@@ -97,20 +99,14 @@ def create_npz_from_sample_folder(sample_dir: str, num: int, npz_path: Optional[
     first = read(0)
     header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
               "shape": (num,) + first.shape}
-    tmp = f"{npz_path}.tmp.{os.getpid()}"
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_1_0(f, header)
-                for i in progress(range(num), desc=f"packing {os.path.basename(npz_path)}", unit="img"):
-                    img = first if i == 0 else read(i)
-                    if img.shape != first.shape:
-                        raise ValueError(f"{sample_dir}/{i:06d}.png is {img.shape}, image 0 is {first.shape}")
-                    f.write(img.tobytes())
-        os.replace(tmp, npz_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(npz_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for i in progress(range(num), desc=f"packing {os.path.basename(npz_path)}", unit="img"):
+                img = first if i == 0 else read(i)
+                if img.shape != first.shape:
+                    raise ValueError(f"{sample_dir}/{i:06d}.png is {img.shape}, image 0 is {first.shape}")
+                f.write(img.tobytes())
     return npz_path
 
 

@@ -1,4 +1,4 @@
-"""A small CNN classifier of the toy dataset (RandAR/dataset/toy.py), and a feature extractor built on it.
+"""A small CNN classifier of the toy dataset (RandAR/toy/data.py), and a feature extractor built on it.
 
 `ToyExtractor` implements RandAR.eval.fid.FeatureExtractor, so FID, sFID, IS, precision and recall of toy samples
 come from the same `evaluate_with` and metric functions as ADM's Inception-v3 numbers:
@@ -7,21 +7,24 @@ come from the same `evaluate_with` and metric functions as ADM's Inception-v3 nu
     probabilities    softmax of the logits
 It also answers `class_accuracy(images, labels)`: how often the classifier agrees with the requested class.
 
-    python -m RandAR.eval.toy_classifier --ckpt toy_classifier.safetensors ref.npz samples.npz
+    python -m RandAR.toy.classifier --ckpt toy_classifier.safetensors ref.npz samples.npz
 
-Train one with tools/train_classifier.py. The checkpoint's metadata holds its architecture, so only the path
-is needed: `build_toy_extractor(path)`; `RandAR.eval.extractors.build_extractor("toy", path)` is the name-based entry for tools.
+Train one with tools/train_classifier.py. The checkpoint is a safetensors file whose metadata `config` holds the
+architecture (ToyClassifierArgs), so only the path is needed: `build_toy_extractor(path)`;
+`RandAR.eval.extractors.build_extractor("toy", path)` is the name-based entry for tools.
 """
 import argparse
 import dataclasses
 import json
 import math
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from RandAR.utils.checkpoint import atomic_save_safetensors, load_model_weights
 
@@ -82,21 +85,23 @@ class ToyClassifier(nn.Module):
 # ---------------------------------------------------------------- checkpoints
 
 def save_classifier(model: ToyClassifier, path: str, extra: Optional[dict] = None):
-    """Weights plus the architecture (and `extra`, e.g. class names, accuracy) as safetensors metadata."""
-    meta = {"arch": json.dumps(dataclasses.asdict(model.args))}
-    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    """One safetensors file (the project's checkpoint I/O): the weights, with the architecture under the
+    metadata key `config` and each item of `extra` (e.g. class names, accuracy) as JSON under its own key."""
+    meta = {k: json.dumps(v) for k, v in (extra or {}).items()}
+    meta["config"] = json.dumps(dataclasses.asdict(model.args))
     atomic_save_safetensors(model.state_dict(), path, meta)
 
 
 def load_classifier(path: str, device="cpu") -> ToyClassifier:
-    """Rebuild from the checkpoint's own architecture record and load strictly; eval mode."""
-    from safetensors import safe_open
-
+    """Rebuild from the checkpoint's own `config` and load strictly; eval mode."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"classifier checkpoint not found: {path} (train one with tools/train_classifier.py)")
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
-    if "arch" not in meta:
-        raise ValueError(f"{path} has no `arch` metadata: not written by tools/train_classifier.py")
-    model = ToyClassifier(ToyClassifierArgs(**json.loads(meta["arch"])))
+    if "config" not in meta:
+        raise ValueError(f"{path} has no `config` metadata: not a classifier written by tools/train_classifier.py "
+                         f"(train one with it)")
+    model = ToyClassifier(ToyClassifierArgs(**json.loads(meta["config"])))
     load_model_weights(model, path)
     return model.to(device).eval()
 
@@ -159,7 +164,7 @@ def build_toy_extractor(ckpt_path: str, device="cpu") -> ToyExtractor:
 
 
 def main(argv=None) -> dict:
-    from RandAR.eval.fid import METRIC_NAMES, evaluate_with, metrics_json_path
+    from RandAR.eval.fid import evaluate_with, report
 
     p = argparse.ArgumentParser(description="FID, sFID, IS, precision, recall with the toy classifier's features")
     p.add_argument("ref_batch", help="reference .npz with uint8 images (N, H, W, 3) in arr_0")
@@ -168,10 +173,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=500)
     args = p.parse_args(argv)
     result = evaluate_with(build_toy_extractor(args.ckpt), args.ref_batch, args.sample_batch, args.batch_size)
-    for name in METRIC_NAMES:
-        print(f"{name}: {result[name]}")
-    with open(metrics_json_path(args.sample_batch), "w") as f:
-        json.dump(result, f, indent=2)
+    report(result, args.sample_batch)
     return result
 
 

@@ -12,7 +12,6 @@ for more images per class keeps the first ones. Splits are written as `train.tar
 (RandAR.dataset.imagenet.ImageTarDataset) and the extraction tools read them unchanged.
 """
 import io
-import json
 import math
 import os
 import tarfile
@@ -21,14 +20,14 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from RandAR.utils.atomic import atomic_path, write_json
+
 CLASS_NAMES = ("disc", "ring", "two_dots", "plus", "corner", "stripes", "checker", "split", "band", "frame")
 SPLITS = {"train": 0, "val": 1}  # part of each image's seed, so train and val never share an image
 SUPERSAMPLE = 4
 JPEG_QUALITY = 95
-# Few colours, and shapes that stay upright-ish: the quickstart trains its tokenizer and its RandAR model in a few
-# CPU minutes. Every colour pair needs its own edge codes in the 128-code tokenizer and its own share of the
-# training data before shapes come out: with 8 pairs (4 x 2) the quickstart's samples reached a class accuracy of
-# 0.95 where 16 pairs (6 colours x 3 backgrounds) reached 0.85 (same 1400 training steps and sampling).
+# Few colours: every shape/background pair needs its own edge codes in the 128-code tokenizer and its own share of
+# the training data, so each pair added costs training time (README, "Quickstart results").
 SHAPE_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200)], dtype=np.float32)
 BACKGROUND_COLOURS = np.array([(20, 20, 20), (245, 245, 245)], dtype=np.float32)
 MIN_COLOUR_DISTANCE = 120.0  # RGB distance between shape and background colours
@@ -139,9 +138,8 @@ def write_split_tar(path: str, split: str, num_per_class: int, seed: int, image_
                     quality: int = JPEG_QUALITY) -> int:
     """Write `<split>/<wnid>/<wnid>_<i>.JPEG` for every class into an uncompressed tar, atomically.
     Headers carry no time or owner, so the bytes depend on the arguments only. Returns the image count."""
-    tmp = f"{path}.tmp.{os.getpid()}"
     count = 0
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for label in range(len(CLASS_NAMES)):
             for i in range(num_per_class):
                 data = encode_jpeg(render_image(label, image_rng(seed, split, label, i), image_size), quality)
@@ -149,7 +147,6 @@ def write_split_tar(path: str, split: str, num_per_class: int, seed: int, image_
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
                 count += 1
-    os.replace(tmp, path)
     return count
 
 
@@ -162,8 +159,7 @@ def make_toy_dataset(out_dir: str, num_train_per_class: int, num_val_per_class: 
     write_split_tar(paths["train"], "train", num_train_per_class, seed, image_size)
     if num_val_per_class > 0:
         write_split_tar(paths["val"], "val", num_val_per_class, seed, image_size)
-    with open(paths["classes"], "w") as f:
-        json.dump({str(i): name for i, name in enumerate(CLASS_NAMES)}, f, indent=1)
+    write_json({str(i): name for i, name in enumerate(CLASS_NAMES)}, paths["classes"])
     return paths
 
 
