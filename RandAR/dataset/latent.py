@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from RandAR.utils.config import canonical_target
+
 NUM_CHECKED_FILES = 64  # files read at start-up to catch a wrong archive before training starts
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "randar-codes-1"
@@ -61,6 +63,8 @@ def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size:
         manifest, source = RELEASED_CODES.get(name), f"the released archive's name {name}"
     if manifest is None:
         return
+    if manifest.get("tokenizer_target"):  # codes extracted before a tokenizer module moved name its old path
+        manifest = {**manifest, "tokenizer_target": canonical_target(manifest["tokenizer_target"])}
     # manifest key: (what the model calls it, the model's value)
     expected = {"codebook_size": ("vocab_size", vocab_size), "code_length": ("block_size", block_size),
                 "tokenizer_target": ("tokenizer target", tokenizer_target), "split": ("training split", split)}
@@ -80,8 +84,9 @@ def check_codes_for_config(cfg):
     if not root_dir:
         return
     params = cfg.get("ar_model", {}).get("params", {})
+    target = cfg.get("tokenizer", {}).get("target")
     check_codes_fit(root_dir, vocab_size=params.get("vocab_size"), block_size=params.get("block_size"),
-                    tokenizer_target=cfg.get("tokenizer", {}).get("target"), split="train")
+                    tokenizer_target=target and canonical_target(target), split="train")
 
 
 class INatLatentDataset(torch.utils.data.Dataset):
