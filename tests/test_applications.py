@@ -13,11 +13,12 @@ from safetensors.torch import load_file, save_file
 
 from RandAR.applications import extrapolation_sampling
 from RandAR.applications.editing import generate_with_known, known_from_pixel_mask, place_region, region_box
-from RandAR.applications.orders import known_first_order, random_permutations, subgrid_first_order, subgrid_positions
-from RandAR.applications.resolution_extrapolation import (extrapolation_guidance, extrapolation_rope,
-                                                          generate_resolution_extrapolation, spatial_cfg_combine,
-                                                          spatial_context_keep)
+from RandAR.applications.orders import known_first_order, subgrid_first_order, subgrid_positions
+from RandAR.applications.resolution_extrapolation import (extrapolation_rope, generate_resolution_extrapolation,
+                                                          spatial_cfg, spatial_context_keep)
 from RandAR.model.builder import build_randar
+from RandAR.model.guidance import class_cfg
+from RandAR.model.orders import random_permutations
 from helpers import load_script
 from RandAR.model.rope import precompute_freqs_cis_2d, precompute_freqs_cis_2d_extrapolation
 from RandAR.utils.config import load_config
@@ -101,23 +102,24 @@ def test_subgrid_first_order():
 def test_spatial_cfg_arithmetic():
     torch.manual_seed(0)
     c, s, u = torch.randn(3, 2, 5, 7).unbind(0)
-    combine = spatial_cfg_combine((1.0, 3.0), (2.0, 4.0))
+    cond = torch.tensor([3, 7])
+    keep = spatial_context_keep(torch.stack([torch.randperm(16), torch.randperm(16)]), 0.5)
+    combine = spatial_cfg(cond, 10, (1.0, 3.0), (2.0, 4.0), keep).combine
     for frac in (0.0, 0.25, 1.0):
         a, b = 1.0 + 2.0 * frac, 2.0 + 2.0 * frac
         torch.testing.assert_close(combine([c, s, u], frac), u + a * (c - s) + b * (s - u))
     # Hand-computed numbers: u=1, s=2, c=5 with scales 3 and 2.5: 1 + 3*(5-2) + 2.5*(2-1) = 12.5.
     one = torch.ones(1, 1, 1)
-    assert spatial_cfg_combine((3.0, 3.0), (2.5, 2.5))([5 * one, 2 * one, one], 0.6).item() == 12.5
+    assert spatial_cfg(cond, 10, (3.0, 3.0), (2.5, 2.5), keep).combine([5 * one, 2 * one, one], 0.6).item() == 12.5
 
-    cond = torch.tensor([3, 7])
-    keep = spatial_context_keep(torch.stack([torch.randperm(16), torch.randperm(16)]), 0.5)
     assert keep.shape == (2, 16) and keep.sum(1).tolist() == [8.0, 8.0] and set(keep.unique().tolist()) == {0.0, 1.0}
-    branches, comb, keeps = extrapolation_guidance(cond, 10, (3.0, 3.0), (2.5, 2.5), keep)
-    assert [b.tolist() for b in branches] == [[3, 7], [10, 10], [10, 10]]  # cond, spatial, uncond
+    g = spatial_cfg(cond, 10, (3.0, 3.0), (2.5, 2.5), keep)
+    assert [b.tolist() for b in g.branch_classes] == [[3, 7], [10, 10], [10, 10]]  # cond, spatial, uncond
+    keeps = g.known_token_keep
     assert keeps[0] is None and keeps[1] is None and torch.equal(keeps[2], keep)
-    branches, comb, keeps = extrapolation_guidance(cond, 10, (3.0, 3.0), (1.0, 1.0), keep)  # plain class CFG
-    assert [b.tolist() for b in branches] == [[3, 7], [10, 10]] and keeps is None
-    torch.testing.assert_close(comb([c, u], 0.5), u + 3.0 * (c - u))
+    g = spatial_cfg(cond, 10, (3.0, 3.0), (1.0, 1.0), keep)  # plain class CFG
+    assert [b.tolist() for b in g.branch_classes] == [[3, 7], [10, 10]] and g.known_token_keep is None
+    torch.testing.assert_close(g.combine([c, u], 0.5), u + 3.0 * (c - u))
     with pytest.raises(ValueError, match="masking ratio"):
         spatial_context_keep(torch.arange(4)[None], 1.5)
 
@@ -188,7 +190,8 @@ def test_inpainting_keeps_known_tokens(model):
     mask[2:6, 3:8] = True
     known = known_from_pixel_mask(mask, 2)[None].expand(3, -1)
     for steps in (-1, 3):
-        out = generate_with_known(no_zero_model(model), torch.tensor([1, 1, 1]), tokens, known, cfg_scales=(1.0, 4.0),
+        out = generate_with_known(no_zero_model(model), torch.tensor([1, 1, 1]), tokens, known,
+                                  guidance=class_cfg(torch.tensor([1, 1, 1]), (1.0, 4.0), 10),
                                   num_inference_steps=steps, seeds=torch.tensor([1, 2, 3]))
         assert torch.equal(out[known], tokens[known])
         assert bool((out[~known] != 0).all())  # every unknown token was drawn
@@ -206,7 +209,8 @@ def test_outpainting_regions_and_larger_canvas(model):
     assert torch.equal(tokens.view(2, 8, 8)[:, 2:6, 2:6].reshape(2, 16), region)
     assert int(known[0].sum()) == 16 and bool(known.view(2, 8, 8)[:, 2:6, 2:6].all())
     # An 8x8 canvas for the 4x4 model, with the extrapolation RoPE.
-    out = generate_with_known(model, torch.tensor([2, 3]), tokens, known, cfg_scales=(1.0, 3.0),
+    out = generate_with_known(model, torch.tensor([2, 3]), tokens, known,
+                              guidance=class_cfg(torch.tensor([2, 3]), (1.0, 3.0), model.num_classes),
                               num_inference_steps=10, freqs_cis=extrapolation_rope(model, 2.0, 2),
                               seeds=torch.tensor([4, 5]))
     assert out.shape == (2, 64) and torch.equal(out[known], tokens[known])

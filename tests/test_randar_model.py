@@ -225,6 +225,32 @@ def test_cfg_without_null_class_is_a_clear_error():
     model.generate(torch.tensor([1]), cfg_scales=(1.0, 1.0))  # no guidance: fine
 
 
+def test_one_entry_point_with_a_guidance_object():
+    """model.generate (the original's API) is generate() with class_cfg; generate.py does not import the model
+    (no import cycle); guidance with a null branch on a model without the null class fails before decoding."""
+    import ast
+    from RandAR.model import generate as generate_module
+    from RandAR.model.guidance import Guidance, class_cfg
+
+    model = random_model(9)
+    cond, order = torch.tensor([1, 2]), torch.stack([torch.randperm(16), torch.randperm(16)])
+    seeds = torch.tensor([5, 6])
+    ref = model.generate(cond, token_order=order, cfg_scales=(1.0, 3.0), num_inference_steps=5, seeds=seeds)
+    ids = generate_module.generate(model, cond, token_order=order, guidance=class_cfg(cond, (1.0, 3.0), 10),
+                                   num_inference_steps=5, seeds=seeds)
+    assert torch.equal(ids, ref)
+    model.num_inference_steps = 5  # None: the model's default steps
+    assert torch.equal(generate_module.generate(model, cond, token_order=order, seeds=seeds,
+                                                guidance=class_cfg(cond, (1.0, 3.0), 10)), ref)
+    tree = ast.parse(open(generate_module.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "RandAR.model.randar_gpt" not in imported
+    no_null = random_model(6, class_dropout_prob=0.0)
+    two = Guidance([cond, cond], lambda logits, fraction: logits[0])
+    with pytest.raises(ValueError, match="null class"):
+        generate_module.generate(no_null, cond, guidance=two)
+
+
 def test_bad_inputs_are_rejected():
     model = random_model(7)
     with pytest.raises(ValueError, match="class ids"):

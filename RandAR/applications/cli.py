@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from RandAR.applications.editing import generate_with_known
+from RandAR.model.guidance import class_cfg
 from RandAR.utils.checkpoint import CheckpointMismatchError
 from RandAR.utils.sample_io import PRECISIONS, add_compile_arg, image_seeds, load_models, parse_pair
 
@@ -67,7 +68,8 @@ def sample_completions(model, tokenizer, args, tokens: torch.Tensor, known: torc
         s = seeds[start:start + args.batch_size].to(device)
         b = len(s)
         cond = torch.full((b,), args.class_id, dtype=torch.long, device=device)
-        ids = generate_with_known(model, cond, tokens.expand(b, -1), known.expand(b, -1), cfg_scales=args.cfg_scales,
+        ids = generate_with_known(model, cond, tokens.expand(b, -1), known.expand(b, -1),
+                                  guidance=class_cfg(cond, args.cfg_scales, model.num_classes),
                                   num_inference_steps=args.num_inference_steps, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, freqs_cis=freqs_cis, seeds=s)
         assert torch.equal(ids[known.expand(b, -1)], tokens.expand(b, -1)[known.expand(b, -1)])

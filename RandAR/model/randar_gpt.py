@@ -19,16 +19,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from RandAR.model.generate import default_steps, generate
+from RandAR.model.guidance import class_cfg
+from RandAR.model.orders import random_orders
 from RandAR.model.rope import apply_rotary_emb, precompute_freqs_cis_2d
+from RandAR.model.sequence import interleave
 
 
 def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
-
-
-def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, n, ...) and (B, n, ...) -> (B, 2n, ...) as a_1, b_1, a_2, b_2, ..."""
-    return torch.stack([a, b], dim=2).flatten(1, 2)
 
 
 class RMSNorm(nn.Module):
@@ -266,7 +265,7 @@ class RandARTransformer(nn.Module):
         """(B, N) orders: one uniform random permutation per sample (drawn for the batch at once), or raster."""
         if self.position_order == "raster":
             return torch.arange(self.block_size, device=device).expand(batch, -1).contiguous()
-        return torch.rand(batch, self.block_size, device=device, generator=generator).argsort(dim=1)
+        return random_orders(batch, self.block_size, device, generator)
 
     def position_instruction_tokens(self, token_freqs: torch.Tensor) -> torch.Tensor:
         """token_freqs (B, n, head_dim/2, 2), the RoPE of each target position -> (B, n, dim)."""
@@ -279,12 +278,12 @@ class RandARTransformer(nn.Module):
 
     # ---- training ------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, cond_idx: torch.Tensor, token_order: Optional[torch.Tensor] = None,
-                targets: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None):
+                targets: Optional[torch.Tensor] = None):
         """Teacher-forced pass.
 
         idx (B, N) token ids in raster order; cond_idx (B,) class ids (num_classes = null class);
         token_order (B, N) permutation per sample (drawn when None); targets (B, N) raster-order ids for the
-        loss (usually idx); valid (B,) optional per-sample loss weights (e.g. a bool mask).
+        loss (usually idx).
         Returns (token_logits (B, N, V) in generation order, loss or None, token_order).
         """
         B = idx.shape[0]
@@ -307,11 +306,7 @@ class RandARTransformer(nn.Module):
         if targets is not None:
             ordered_targets = targets.gather(1, token_order)
             per_token = F.cross_entropy(token_logits.flatten(0, 1), ordered_targets.flatten(), reduction="none")
-            if valid is None:
-                loss = per_token.mean()
-            else:
-                w = valid.to(per_token.dtype).reshape(B, 1).expand(B, ordered_targets.shape[1]).flatten()
-                loss = (per_token * w).sum() / w.sum().clamp_min(1.0)
+            loss = per_token.mean()
         return token_logits, loss, token_order
 
     # ---- generation ----------------------------------------------------------------------------------
@@ -376,9 +371,8 @@ class RandARTransformer(nn.Module):
 
     def generate(self, cond, token_order=None, cfg_scales=(1.0, 1.0), num_inference_steps=None, temperature=1.0,
                  top_k=0, top_p=1.0, **kwargs):
-        """Sample token ids (B, block_size) in raster order. See `RandAR.model.generate.generate`."""
-        from RandAR.model.generate import generate
-
-        steps = self.num_inference_steps if num_inference_steps is None else num_inference_steps
-        return generate(self, cond, token_order=token_order, cfg_scales=cfg_scales, num_inference_steps=steps,
-                        temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)
+        """The original release's API: sample token ids (B, block_size) in raster order with class CFG from
+        cfg_scales. `RandAR.model.generate.generate` (the one loop) takes the other arguments."""
+        return generate(self, cond, token_order=token_order, guidance=class_cfg(cond, cfg_scales, self.num_classes),
+                        num_inference_steps=default_steps(self, num_inference_steps), temperature=temperature,
+                        top_k=top_k, top_p=top_p, **kwargs)
