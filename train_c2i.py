@@ -14,7 +14,6 @@ with the same weights as an uninterrupted run; see RandAR/utils/train_state.py f
 """
 import argparse
 import inspect
-import json
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ except ImportError:  # torch < 2.5 (no FSDP2 there: gradients are never DTensors
 
 from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
-from RandAR.utils.checkpoint import strip_wrapper_prefixes
+from RandAR.utils.checkpoint import export_metadata, strip_wrapper_prefixes
 from RandAR.utils.checkpoint_rotation import (clear_temporaries, experiment_name, latest_checkpoint,
                                               mirror_checkpoint, prune_checkpoints, save_checkpoint)
 from RandAR.utils.config import get_obj_from_str, load_config, to_plain
@@ -254,11 +253,6 @@ def check_checkpoint_kind(path, fsdp: bool):
         saved, now = ("FSDP", "without FSDP") if sharded else ("without FSDP", "under FSDP")
         raise SystemExit(f"error: {path} was saved {saved} and this run is {now}: relaunch it as it was saved, "
                          f"or start a new --exp-name from its export with --gpt-ckpt {path}.safetensors")
-
-
-def export_metadata(cfg, step, weights):
-    return {"format": "randar", "weights": weights, "step": str(step), "config": json.dumps(to_plain(cfg)),
-            "ar_model": json.dumps(to_plain(cfg.ar_model))}
 
 
 def export_steps(cfg):
