@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import train_c2i
 from RandAR.utils.checkpoint_rotation import checkpoint_name, prune_checkpoints
 from RandAR.utils.config import instantiate_from_config, load_config
 from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, ConfigError, RandARConfig
-from RandAR.utils.sample_io import load_models
+from RandAR.sampling.inputs import check_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
@@ -102,7 +101,7 @@ def _code_defaults():
     """`<section>.get("key", default)` calls in the code that reads training configs -> {(section, key): default}."""
     sections = {"cfg": "", "acc_cfg": "accelerator", "opt_cfg": "optimizer", "lr_cfg": "lr_scheduler"}
     found = {}
-    for rel in ("train_c2i.py", "RandAR/utils/lr_scheduler.py", "RandAR/utils/sample_io.py"):
+    for rel in ("train_c2i.py", "RandAR/utils/lr_scheduler.py", "RandAR/sampling/inputs.py"):
         source = open(os.path.join(ROOT, rel)).read()
         for var, key, default in re.findall(r"\b(\w+)\.get\(\"(\w+)\",\s*([^()]+?)\)", source):
             if var in sections:
@@ -123,9 +122,8 @@ def test_schema_defaults_equal_the_codes_defaults():
 
 def test_sampling_reads_checked_configs(tmp_path):
     bad = edited(tmp_path, TINY, "    num_inference_steps: 6", "    num_inference_step: 6")
-    args = Namespace(config=bad, vq_ckpt="nope.pt", gpt_ckpt=None, precision=None)
     with pytest.raises(ConfigError, match="did you mean `ar_model.params.num_inference_steps`"):
-        load_models(args, torch.device("cpu"))
+        check_inputs(bad, "nope.safetensors", "nope.pt")
 
 
 # ---------------------------------------------------------------- train_c2i.py: errors before any work

@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from RandAR.utils.sample_io import class_labels  # noqa: E402
+from RandAR.sampling.labels import class_labels  # noqa: E402
 
 MODEL_CONFIG = "configs/randar/randar_toy.yaml"
 TOKENIZER_CONFIG = "configs/tokenization/toy_vq.yaml"
