@@ -255,3 +255,20 @@ def test_npz_packing(tmp_path):
     with pytest.raises(FileNotFoundError, match="000002.png is missing"):
         create_npz_from_sample_folder(str(tmp_path), 4, str(tmp_path / "other.npz"))
     assert not [f for f in os.listdir(tmp_path) if f.startswith("other.npz")]  # nor a temporary
+
+
+def test_run_names_are_stable():
+    """Existing sample folders and stamps are found by these names: they must not change."""
+    from RandAR.sampling.spec import ExtrapolationSpec, SamplingSpec
+
+    plain = SamplingSpec(cfg_scales=(1.0, 4.0), num_inference_steps=88, image_size=256, image_size_eval=256,
+                         precision="bf16")
+    assert plain.run_name("randar", "ckpt") == "randar-ckpt-size-256-256-cfg-1.0-4.0-steps-88-bf16-seed-0"
+    other = SamplingSpec(cfg_scales=(1.0, 2.5), num_inference_steps=-1, image_size=256, image_size_eval=512,
+                         temperature=0.9, top_k=5, top_p=0.8, global_seed=3, class_sampling="balanced")
+    assert other.run_name("e", "c", with_cfg=False) == ("e-c-size-256-512-steps--1-fp32-temp-0.9-topk-5-topp-0.8"
+                                                        "-balanced-seed-3")
+    extra = ExtrapolationSpec(cfg_scales=(3.0, 3.0), num_inference_steps=1024, image_size=512, image_size_eval=512,
+                              spatial_cfg_scales=(2.5, 2.5))
+    assert extra.run_name("x", "c") == ("x-c-size-512-512-cfg-3.0-3.0-steps-1024-fp32-extrap-2-ntk-2-scfg-2.5-2.5"
+                                        "-smask-0.5-seed-0")

@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from helpers import load_script
@@ -154,3 +156,56 @@ def test_extrapolation_checks_inputs_before_building(tmp_path, monkeypatch):
                                      str(tmp_path / "vq.pt"), "--sample-dir", str(tmp_path / "s")])
     assert str(e.value) == f"error: --vq-ckpt {tmp_path / 'vq.pt'} not found"
     assert built == [] and not (tmp_path / "s").exists()
+
+
+# ---- the config a training export carries ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """The tiny weights exported as train_c2i.py exports them: with the resolved config in the metadata."""
+    path = str(tmp_path_factory.mktemp("export") / "iters_00000010.safetensors")
+    save_export(path, load_file(GPT), load_config(CONFIG), step=10)
+    return path
+
+
+def test_export_carries_its_config(export):
+    carried = export_config(export)
+    assert carried.ar_model == load_config(CONFIG).ar_model and carried.tokenizer == load_config(CONFIG).tokenizer
+    assert export_config(GPT) is None  # no metadata: an official checkpoint
+    with safe_open(export, framework="pt") as f:  # train_c2i.py's metadata, which test_train.py reads back
+        meta = f.metadata()
+    assert (meta["format"], meta["weights"], meta["step"]) == ("randar", "model", "10")
+    assert json.loads(meta["ar_model"]) == OmegaConf.to_container(load_config(CONFIG).ar_model)
+
+
+def test_tools_read_the_config_from_the_export(export, images, tmp_path):
+    sample_c2i = load_script("sample_c2i.py")
+    common = ["--exp-name", "t", "--vq-ckpt", VQ, "--per-proc-batch-size", "4", "--num-inference-steps", "4",
+              "--debug"]
+    sample_c2i.main(["--gpt-ckpt", export, "--sample-dir", str(tmp_path / "a"), *common])
+    sample_c2i.main(["--config", CONFIG, "--gpt-ckpt", export, "--sample-dir", str(tmp_path / "b"), *common])
+    [a], [b] = os.listdir(tmp_path / "a"), os.listdir(tmp_path / "b")
+    assert a == b and np.array_equal(read(tmp_path / "a" / a), read(tmp_path / "b" / b))
+    inpaint = load_script("tools/inpaint.py")
+    flags = tool_flags(images, tmp_path / "c", "--image", str(images / "in.png"), "--mask", str(images / "mask.png"))
+    flags[flags.index("--gpt-ckpt") + 1] = export
+    del flags[flags.index("--config"):flags.index("--config") + 2]
+    inpaint.main(flags)
+    inpaint.main(tool_flags(images, tmp_path / "d", "--image", str(images / "in.png"), "--mask",
+                            str(images / "mask.png")))
+    assert np.array_equal(read(tmp_path / "c" / "in_inpaint_000.png"), read(tmp_path / "d" / "in_inpaint_000.png"))
+
+
+def test_config_that_differs_from_the_export_is_an_error(export, tmp_path):
+    text = open(CONFIG).read()
+    assert "num_inference_steps: 6" in text
+    other = tmp_path / "other.yaml"
+    other.write_text(text.replace("num_inference_steps: 6", "num_inference_steps: 7"))
+    sample_c2i = load_script("sample_c2i.py")
+    argv = ["--exp-name", "t", "--gpt-ckpt", export, "--vq-ckpt", VQ, "--sample-dir", str(tmp_path / "s"), "--debug"]
+    with pytest.raises(SystemExit, match=r"does not match the config .* \(ar_model\.params\.num_inference_steps: 6 "
+                                         r"in the checkpoint, 7 now\)"):
+        sample_c2i.main(["--config", str(other), *argv])
+    with pytest.raises(SystemExit, match="carries no config .*pass --config"):
+        resolution_extrapolation.main(["--exp-name", "t", "--gpt-ckpt", GPT, "--vq-ckpt", VQ, "--debug",
+                                       "--sample-dir", str(tmp_path / "s")])
+    assert not (tmp_path / "s").exists()
