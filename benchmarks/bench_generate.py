@@ -48,7 +48,7 @@ def peak_memory_mib(device):
 
 class ForwardTimer:
     """Counts and times the transformer forward passes of one generation call: every method in `methods`
-    that the model has (decode_step, the static step) and every compiled decode step it holds is wrapped
+    that the model has (decode_step) and every compiled decode step it holds is wrapped
     for the duration."""
 
     def __init__(self, model, device, methods):
@@ -148,7 +148,7 @@ def main():
         model = instantiate_from_config(cfg.ar_model).to(device=device, dtype=dtype).eval()
         with torch.no_grad():
             torch.nn.init.normal_(model.output.weight, std=0.02)  # non-uniform logits, as a trained model has
-        ours = ["decode_step", "decode_step_static"]
+        ours = ["decode_step"]
         impls = [] if args.warmup_only else [("ours", model, ours, {})]
         if args.compile:
             impls.append(("compiled", model, ours, {"compile": True}))

@@ -375,13 +375,14 @@ def test_static_decoding_has_one_shape_per_batch_whatever_the_step_count(monkeyp
     import torch._dynamo
     model = random_model(13)
     shapes = set()
-    real_step = model.decode_step_static
+    real_step = model.decode_step
 
-    def recording_step(x, f, pos):
-        shapes.add((tuple(x.shape), tuple(f.shape), tuple(pos.shape),
-                    tuple(model.layers[0].attention.kv_cache.k.shape)))
-        return real_step(x, f, pos)
-    monkeypatch.setattr(model, "decode_step_static", recording_step)
+    def recording_step(x, f, pos, num_logits=None):
+        if num_logits is None:  # a static piece (the eager prefill reads its query rows only)
+            shapes.add((tuple(x.shape), tuple(f.shape), tuple(pos.shape),
+                        tuple(model.layers[0].attention.kv_cache.k.shape)))
+        return real_step(x, f, pos, num_logits)
+    monkeypatch.setattr(model, "decode_step", recording_step)
     cond, known = torch.tensor([1, 2, 3]), torch.randint(0, 64, (3, 5))
     for kw in [dict(num_inference_steps=-1), dict(num_inference_steps=6), dict(num_inference_steps=3),
                dict(num_inference_steps=2, known_tokens=known)]:

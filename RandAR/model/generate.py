@@ -62,7 +62,7 @@ def compile_mode(compile, device) -> Optional[str]:
 
 
 def _compiled_decode_step(model, mode: str):
-    """torch.compile of the model's static decode step, built once per (model, backend, mode) and reused.
+    """torch.compile of the model's decode step, built once per (model, backend, mode) and reused.
 
     dynamic=False: one graph per batch size (the piece size and cache length are fixed), which the
     warm-up compiles; the benchmark checks that a timed call compiles nothing more. fullgraph=True: a graph
@@ -74,7 +74,7 @@ def _compiled_decode_step(model, mode: str):
     key = (COMPILE_BACKEND, mode)
     if key not in compiled:
         options = {"mode": mode} if COMPILE_BACKEND == "inductor" else {"backend": COMPILE_BACKEND}
-        step = torch.compile(model.decode_step_static, dynamic=False, fullgraph=True, **options)
+        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, **options)
         if mode == "reduce-overhead" and COMPILE_BACKEND == "inductor":
             def step_with_graphs(*args, _step=step):
                 torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs were consumed
@@ -87,7 +87,7 @@ def _compiled_decode_step(model, mode: str):
 
 def decode_in_pieces(step_fn, x: torch.Tensor, freqs: torch.Tensor, start: int, num_logits: int,
                      chunk: int) -> torch.Tensor:
-    """A decode chunk x (nB, S, dim) for slots [start, start + S), fed through `step_fn` (the static decode step)
+    """A decode chunk x (nB, S, dim) for slots [start, start + S), fed through `step_fn` (the decode step)
     as ceil(S / chunk) pieces of `chunk` rows, the last zero-padded, one after the other (a piece attends to the
     ones before it through the cache). Returns the logits (nB, num_logits, V) of the last num_logits rows."""
     S = x.shape[1]
@@ -180,7 +180,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     static_shapes = static_shapes or mode is not None
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    decode_static = _compiled_decode_step(model, mode) if mode else model.decode_step_static
+    decode_static = _compiled_decode_step(model, mode) if mode else model.decode_step
 
     def embed(ids, keep=None):                                                       # (B, n) -> (nB, n, dim)
         e = model.tok_embeddings(ids)
@@ -208,7 +208,8 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
             if static_shapes and step > 0:
                 logits = decode_in_pieces(decode_static, x, f, start, n, chunk_size)
             else:
-                logits = model.decode_step(x, f, start, n)                           # (nB, n, V)
+                pos = torch.arange(start, start + x.shape[1], device=device)
+                logits = model.decode_step(x, f, pos, n)                             # (nB, n, V)
             logits = guidance.combine(list(logits.chunk(n_branch)), a / N)                    # (B, n, V)
             if seeds is not None:
                 u = counter_uniform(seeds.to(device), torch.arange(a, a + n, device=device))

@@ -99,7 +99,7 @@ class KVCache(nn.Module):
     reused across generation calls. Non-persistent buffers: never in the state dict, and torch.compile treats
     them as fixed addresses, which CUDA graphs need for a cache written in place.
 
-    Slots are sequence indices (not RoPE positions): the caller writes each chunk at [start, start + S).
+    Slots are sequence indices (not RoPE positions): the caller writes each chunk at its slots.
     """
 
     def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
@@ -108,21 +108,12 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, n_kv, S, hd) and return the keys/values to attend to.
-
-        pos int: slots [pos, pos + S); returns slots [0, pos + S) (shapes change per step).
-        pos LongTensor (S,): those slots; returns the whole cache (static shapes, for torch.compile).
-        k, v are cast to the cache's dtype (autocast computes them in bf16 while the cache has the weights' dtype).
-        """
-        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if isinstance(pos, int):
-            end = pos + k.shape[2]
-            self.k[:, :, pos:end] = k
-            self.v[:, :, pos:end] = v
-            return self.k[:, :, :end], self.v[:, :, :end]
-        self.k.index_copy_(2, pos, k)
-        self.v.index_copy_(2, pos, v)
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, n_kv, S, hd) at slots pos (S,) and return the whole cache (fixed shapes, for
+        torch.compile). k, v are cast to the cache's dtype (autocast computes them in bf16 while the cache has
+        the weights' dtype)."""
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
         return self.k, self.v
 
 
@@ -144,8 +135,8 @@ class Attention(nn.Module):
         """x (B, S, dim), freqs_cis (B, S, head_dim/2, 2).
 
         cache_pos None: causal self-attention over x (training; a cache left from generation is ignored).
-        Otherwise write this chunk's keys and values at `cache_pos` (see KVCache.update) and attend to what it
-        returns under `mask` (S, slots), or to all of it when mask is None.
+        Otherwise write this chunk's keys and values at slots `cache_pos` (S,) and attend to the whole cache
+        under `mask` (S, slots).
         """
         B, S, _ = x.shape
         kv = self.n_kv_head * self.head_dim
@@ -338,36 +329,22 @@ class RandARTransformer(nn.Module):
         self.detach_caches()
         self.__dict__.get("_kv_caches", {}).clear()
 
-    def decode_step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_start: int, num_logits: int) -> torch.Tensor:
-        """One cached forward of a chunk x (B, S, dim) written at slots [cache_start, cache_start + S).
+    def decode_step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_pos: torch.Tensor,
+                    num_logits: Optional[int] = None) -> torch.Tensor:
+        """One cached forward of a chunk x (B, S, dim) written at slots cache_pos (S,), consecutive.
 
-        Each slot attends to itself and all earlier slots. Returns the logits (B, num_logits, V) of the last
-        num_logits positions (the query tokens), the only ones generation uses.
-        """
-        S = x.shape[1]
-        mask = None
-        if S > 1:
-            end = cache_start + S
-            mask = torch.arange(end, device=x.device)[None, :] <= torch.arange(cache_start, end, device=x.device)[:, None]
-        h = x
-        for layer in self.layers:
-            h = layer(h, freqs_cis, cache_start, mask)
-        return self.logits(h[:, S - num_logits:])
-
-    def decode_step_static(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_pos: torch.Tensor) -> torch.Tensor:
-        """decode_step with shapes that never change, so torch.compile (and CUDA graphs) build it once per batch.
-
-        x (B, C, dim) is a fixed-size piece of a chunk (zero-padded at the end); cache_pos (C,) its slots
-        (consecutive). Padding rows write past the real chunk, where nothing attends before a later step
-        overwrites them. Every row attends to the whole cache under a causal mask. Returns the logits of all
-        C rows (B, C, V); the caller keeps the query rows.
+        Each row attends to its own slot and every earlier one, over the whole cache under a mask, so the shapes
+        depend only on (B, S) and the cache: torch.compile (and CUDA graphs) build it once per batch when the
+        decoding loop feeds fixed-size pieces (rows past the real chunk, zero-padded, write slots that nothing
+        attends to before a later step overwrites them). Returns the logits (B, num_logits, V) of the last
+        num_logits rows (the query tokens), or of all S rows when None.
         """
         slots = torch.arange(self.layers[0].attention.kv_cache.k.shape[2], device=x.device)
-        mask = slots[None, :] <= cache_pos[:, None]                                    # (C, max_len)
+        mask = slots[None, :] <= cache_pos[:, None]                                    # (S, max_len)
         h = x
         for layer in self.layers:
             h = layer(h, freqs_cis, cache_pos, mask)
-        return self.logits(h)
+        return self.logits(h if num_logits is None else h[:, h.shape[1] - num_logits:])
 
     def generate(self, cond, token_order=None, cfg_scales=(1.0, 1.0), num_inference_steps=None, temperature=1.0,
                  top_k=0, top_p=1.0, **kwargs):
