@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 import train_c2i
 from RandAR.utils.checkpoint_rotation import checkpoint_name, prune_checkpoints
-from RandAR.utils.config import instantiate_from_config, load_config
+from RandAR.model.builder import build_randar
+from RandAR.utils.config import load_config
 from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, ConfigError, RandARConfig
 from RandAR.sampling.inputs import check_inputs
 
@@ -220,8 +221,7 @@ def test_documented_disk_cost_matches_the_parameter_counts():
                                     ("randar_xl_0.7b_llamagen", "RandAR-XL (0.7B)", 10000)):
         cfg = load_config(os.path.join(ROOT, "configs", "randar", f"{name}.yaml"))
         assert cfg.ckpt_every == ckpt_every and cfg.ema is False
-        with torch.device("meta"):
-            n = sum(p.numel() for p in instantiate_from_config(cfg.ar_model).parameters())
+        n = sum(p.numel() for p in build_randar(cfg, device="meta").parameters())
         full, export = 12 * n, 4 * n  # fp32 weights + 2 AdamW moments; fp32 weights
         exports = len(cfg.export_milestones) + 1  # and the last step
         saves = cfg.max_iters // ckpt_every

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from RandAR.model.generate import parallel_decoding_schedule
 from RandAR.model.randar_gpt import RandARTransformer
 from RandAR.utils.checkpoint import CheckpointMismatchError, load_model_weights, suggest_config
-from RandAR.utils.config import instantiate_from_config
+from RandAR.model.builder import build_randar, randar_params
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_args(**overrides):
     args = json.load(open(os.path.join(FIX, "randar_tiny_config.json")))["constructor_args"]
     args.update(overrides)
-    return args
+    return randar_params(args)  # the fixture's config has the official keys the model does not take
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,7 @@ def _listing(name):
 def test_official_configs_match_key_listings(config, listing):
     header, want = _listing(listing)
     cfg = OmegaConf.load(os.path.join(ROOT, "configs", "randar", config))
-    with torch.device("meta"):
-        model = instantiate_from_config(cfg.ar_model)
+    model = build_randar(cfg, device="meta")
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert list(got) == list(want)  # same keys, same order
     assert got == want
@@ -249,6 +248,16 @@ def test_one_entry_point_with_a_guidance_object():
     two = Guidance([cond, cond], lambda logits, fraction: logits[0])
     with pytest.raises(ValueError, match="null class"):
         generate_module.generate(no_null, cond, guidance=two)
+
+
+def test_official_inert_keys_are_dropped_by_the_builder_only():
+    """The official configs' caption_dim, max_batch_size, max_seq_len and zero_class_qk are not model arguments:
+    build_randar drops them (the schema accepts them), nothing else passes them around."""
+    with pytest.raises(TypeError, match="caption_dim"):
+        RandARTransformer(**tiny_args(), caption_dim=2048)
+    cfg = OmegaConf.load(os.path.join(ROOT, "configs", "randar", "randar_xl_0.7b_llamagen.yaml"))
+    assert {"caption_dim", "max_batch_size", "max_seq_len", "zero_class_qk"} <= set(cfg.ar_model.params)
+    assert build_randar(cfg, device="meta").dim == cfg.ar_model.params.dim
 
 
 def test_bad_inputs_are_rejected():

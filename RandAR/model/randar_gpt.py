@@ -181,10 +181,10 @@ class TransformerBlock(nn.Module):
 class RandARTransformer(nn.Module):
     """The RandAR class-conditional GPT (constructor arguments = the `ar_model.params` of the official configs).
 
-    Inert arguments, accepted because the official configs pass them: `caption_dim` (text-to-image only, not
-    implemented), `max_batch_size` and `max_seq_len` (the KV cache is sized per generation call),
-    `zero_class_qk` (the class token's query and key are always zero: its RoPE rows are zero, and the
-    checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
+    The official configs' `caption_dim`, `max_batch_size`, `max_seq_len` and `zero_class_qk` are not arguments:
+    the config schema accepts them and `build_randar` drops them (text-to-image is not implemented, the KV cache
+    is sized per generation call, and the class token's query and key are always zero: its RoPE rows are zero,
+    and the checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
     the default step count of `generate`, and the attribute `compile_decoding` (False; the tools' `--compile`
     sets it) the default of its `compile`. `position_order` ("random" or "raster") picks the training order
     when none is given.
@@ -192,10 +192,9 @@ class RandARTransformer(nn.Module):
 
     def __init__(self, dim=4096, n_layer=32, n_head=32, n_kv_head=None, multiple_of=256, ffn_dim_multiplier=None,
                  rope_base=10000, norm_eps=1e-5, initializer_range=0.02, token_dropout_p=0.1, attn_dropout_p=0.0,
-                 resid_dropout_p=0.1, ffn_dropout_p=0.1, drop_path_rate=0.0, num_classes=1000, caption_dim=2048,
+                 resid_dropout_p=0.1, ffn_dropout_p=0.1, drop_path_rate=0.0, num_classes=1000,
                  class_dropout_prob=0.1, model_type="c2i", vocab_size=16384, cls_token_num=1, block_size=256,
-                 max_batch_size=32, max_seq_len=2048, position_order="random", num_inference_steps=88,
-                 zero_class_qk=True, grad_checkpointing=True):
+                 position_order="random", num_inference_steps=88, grad_checkpointing=True):
         super().__init__()
         if model_type != "c2i":
             raise NotImplementedError(f"model_type={model_type!r}: only class-conditional ('c2i') models are supported")

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from RandAR.utils.atomic import atomic_path
 from RandAR.utils.config import to_plain
-from RandAR.utils.config_schema import check_config
+from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, check_config
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 # Prefixes added by DDP (`module.`) and torch.compile (`_orig_mod.`); never part of the official keys.
@@ -121,11 +121,11 @@ def _shape_report(model_sd, sd):
     return missing, unexpected, mis_shaped
 
 
-def _meta_shapes(config) -> Dict[str, tuple]:
+def _meta_shapes(config, ignore=()) -> Dict[str, tuple]:
     from RandAR.utils.config import instantiate_from_config
 
     with torch.device("meta"):
-        model = instantiate_from_config(config)
+        model = instantiate_from_config(config, ignore=ignore)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -144,7 +144,7 @@ def suggest_config(state_dict: Mapping[str, torch.Tensor], config_root: str = CO
         for section in ("ar_model", "tokenizer", "model"):
             if section in cfg and "target" in cfg[section]:
                 try:
-                    if _meta_shapes(cfg[section]) == want:
+                    if _meta_shapes(cfg[section], OFFICIAL_UNUSED_KEYS.get(f"{section}.params", ())) == want:
                         return os.path.relpath(path, os.path.dirname(config_root))
                 except Exception:
                     pass

@@ -29,14 +29,16 @@ def get_obj_from_str(path: str):
         raise ImportError(f"cannot import '{path}' named by a config `target`: {e}") from e
 
 
-def instantiate_from_config(config, **extra_params):
-    """Build `target(**params, **extra_params)` from a `{target, params}` mapping."""
+def instantiate_from_config(config, ignore: Sequence[str] = (), **extra_params):
+    """Build `target(**params, **extra_params)` from a `{target, params}` mapping, leaving out the params named
+    in `ignore` (keys a config may carry that the class does not take)."""
     if "target" not in config:
         raise KeyError(f"expected a `target` key to instantiate, got keys {list(config.keys())}")
     params = config.get("params", None) or {}
     if isinstance(params, DictConfig):
         params = OmegaConf.to_container(params, resolve=True)
-    return get_obj_from_str(config["target"])(**dict(params), **extra_params)
+    params = {k: v for k, v in dict(params).items() if k not in ignore}
+    return get_obj_from_str(config["target"])(**params, **extra_params)
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
