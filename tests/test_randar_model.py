@@ -256,7 +256,7 @@ def test_official_inert_keys_are_dropped_by_the_builder_only():
     with pytest.raises(TypeError, match="caption_dim"):
         RandARTransformer(**tiny_args(), caption_dim=2048)
     cfg = OmegaConf.load(os.path.join(ROOT, "configs", "randar", "randar_xl_0.7b_llamagen.yaml"))
-    assert {"caption_dim", "max_batch_size", "max_seq_len", "zero_class_qk"} <= set(cfg.ar_model.params)
+    assert "zero_class_qk" in cfg.ar_model.params
     assert build_randar(cfg, device="meta").dim == cfg.ar_model.params.dim
 
 
