@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 import train_c2i
