@@ -25,9 +25,10 @@ def generate_with_known(model, cond: torch.Tensor, tokens: torch.Tensor, known: 
     """Complete token grids: (B, N) ids in raster order, equal to `tokens` wherever `known` is True.
 
     cond (B,) class ids; tokens (B, N) raster ids (values at unknown cells are ignored); known (B, N) bool, the
-    same number of known cells in every row. guidance: e.g. RandAR.model.guidance.class_cfg (None: none). N is the model's block size, or the size of the grid `freqs_cis`
-    was made for. num_inference_steps: steps for the unknown tokens (None: the model's default; -1: one
-    token per step). seeds (B,): per-sample orders and draws, independent of the batch.
+    same number of known cells in every row. N is the model's block size, or the size of the grid `freqs_cis`
+    was made for. guidance: e.g. RandAR.model.guidance.class_cfg (None: no guidance). num_inference_steps:
+    steps for the unknown tokens (None: the model's default; -1: one token per step). seeds (B,): per-sample
+    orders and draws, independent of the batch.
     """
     if tokens.shape != known.shape:
         raise ValueError(f"tokens {tuple(tokens.shape)} and known {tuple(known.shape)} must have one shape (B, N)")

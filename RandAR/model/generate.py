@@ -170,7 +170,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     queries = model.position_instruction_tokens(token_freqs).to(dtype)               # (B, N, dim)
     token_freqs = token_freqs.repeat(n_branch, 1, 1, 1)
     queries = queries.repeat(n_branch, 1, 1)
-    cls_emb = model.cls_embedding(torch.cat(guidance.branch_classes), train=False)            # (nB, cls_n, dim)
+    cls_emb = model.cls_embedding(torch.cat(guidance.branch_classes), train=False)   # (nB, cls_n, dim)
     cls_freqs = rope[:cls_n].expand(n_branch * B, -1, -1, -1)
 
     result = torch.zeros(B, N, dtype=torch.long, device=device)                      # generation order
