@@ -30,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import RandAR.model.generate as generate_module  # noqa: E402
-from RandAR.utils.config import instantiate_from_config, load_config  # noqa: E402
+from RandAR.model.builder import build_randar  # noqa: E402
+from RandAR.utils.config import load_config  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,7 +49,7 @@ def peak_memory_mib(device):
 
 class ForwardTimer:
     """Counts and times the transformer forward passes of one generation call: every method in `methods`
-    that the model has (decode_step, the static step) and every compiled decode step it holds is wrapped
+    that the model has (decode_step) and every compiled decode step it holds is wrapped
     for the duration."""
 
     def __init__(self, model, device, methods):
@@ -145,10 +146,10 @@ def main():
     rows, ratios, speedups = [], [], []
     for cfg_path in args.configs:
         cfg = load_config(os.path.join(ROOT, cfg_path) if not os.path.isabs(cfg_path) else cfg_path, args.override)
-        model = instantiate_from_config(cfg.ar_model).to(device=device, dtype=dtype).eval()
+        model = build_randar(cfg, device=device, dtype=dtype).eval()
         with torch.no_grad():
             torch.nn.init.normal_(model.output.weight, std=0.02)  # non-uniform logits, as a trained model has
-        ours = ["decode_step", "decode_step_static"]
+        ours = ["decode_step"]
         impls = [] if args.warmup_only else [("ours", model, ours, {})]
         if args.compile:
             impls.append(("compiled", model, ours, {"compile": True}))

@@ -19,7 +19,8 @@ import torch._dynamo
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from RandAR.utils.config import instantiate_from_config, load_config  # noqa: E402
+from RandAR.model.builder import build_randar  # noqa: E402
+from RandAR.utils.config import load_config  # noqa: E402
 
 CONFIGS = {"tiny": "configs/randar/randar_tiny.yaml", "toy": "configs/randar/randar_toy.yaml",
            "l": "configs/randar/randar_l_0.3b_llamagen.yaml", "xl": "configs/randar/randar_xl_0.7b_llamagen.yaml",
@@ -34,7 +35,7 @@ def sync(device):
 def bench(cfg, batch, device, grad_ckpt, compile_, steps, warmup, precision, backend="inductor"):
     """(tokens/s, median step seconds, peak GiB); warm-up steps (and compilation) are not timed, and a timed
     step that recompiles is an error."""
-    model = instantiate_from_config(cfg.ar_model).to(device).train()
+    model = build_randar(cfg, device=device).train()
     model.grad_checkpointing = grad_ckpt
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     fwd = torch.compile(model, backend=backend) if compile_ else model

@@ -22,6 +22,7 @@ sys.path.insert(0, ROOT)
 FIX = os.path.join(ROOT, "tests", "fixtures")
 
 import RandAR.model.generate as generate_module  # noqa: E402
+from RandAR.model.builder import randar_params  # noqa: E402
 from RandAR.model.randar_gpt import RandARTransformer  # noqa: E402
 from RandAR.utils.checkpoint import load_model_weights  # noqa: E402
 
@@ -44,7 +45,8 @@ class Report:
 
 def fixture_model(device) -> RandARTransformer:
     args = json.load(open(os.path.join(FIX, "randar_tiny_config.json")))["constructor_args"]
-    return load_model_weights(RandARTransformer(**args), os.path.join(FIX, "randar_tiny.safetensors")).to(device).eval()
+    model = RandARTransformer(**randar_params(args))
+    return load_model_weights(model, os.path.join(FIX, "randar_tiny.safetensors")).to(device).eval()
 
 
 def compile_model(model, backend):

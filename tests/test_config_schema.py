@@ -6,18 +6,17 @@ import os
 import re
 import subprocess
 import sys
-from argparse import Namespace
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 import train_c2i
+from RandAR.model.builder import build_randar
 from RandAR.training.checkpoints import checkpoint_name, prune_checkpoints
-from RandAR.utils.config import instantiate_from_config, load_config
+from RandAR.utils.config import load_config
 from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, ConfigError, RandARConfig
-from RandAR.utils.sample_io import load_models
+from RandAR.sampling.inputs import check_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
@@ -104,7 +103,7 @@ def _code_defaults():
     sections = {"cfg": "", "acc_cfg": "accelerator", "opt_cfg": "optimizer", "lr_cfg": "lr_scheduler"}
     found = {}
     paths = [os.path.join(ROOT, "train_c2i.py")]
-    for pattern in ("RandAR/training/*.py", "RandAR/utils/sample_io.py", "RandAR/sampling/*.py"):
+    for pattern in ("RandAR/training/*.py", "RandAR/sampling/*.py"):
         paths += sorted(glob.glob(os.path.join(ROOT, pattern)))
     paths.remove(os.path.join(ROOT, "RandAR/training/vq.py"))  # reads tokenizer configs (VQTrainArgs)
     for path in paths:
@@ -128,9 +127,8 @@ def test_schema_defaults_equal_the_codes_defaults():
 
 def test_sampling_reads_checked_configs(tmp_path):
     bad = edited(tmp_path, TINY, "    num_inference_steps: 6", "    num_inference_step: 6")
-    args = Namespace(config=bad, vq_ckpt="nope.pt", gpt_ckpt=None, precision=None)
     with pytest.raises(ConfigError, match="did you mean `ar_model.params.num_inference_steps`"):
-        load_models(args, torch.device("cpu"))
+        check_inputs(bad, "nope.safetensors", "nope.pt")
 
 
 # ---------------------------------------------------------------- train_c2i.py: errors before any work
@@ -227,8 +225,7 @@ def test_documented_disk_cost_matches_the_parameter_counts():
                                     ("randar_xl_0.7b_llamagen", "RandAR-XL (0.7B)", 10000)):
         cfg = load_config(os.path.join(ROOT, "configs", "randar", f"{name}.yaml"))
         assert cfg.ckpt_every == ckpt_every and cfg.ema is False
-        with torch.device("meta"):
-            n = sum(p.numel() for p in instantiate_from_config(cfg.ar_model).parameters())
+        n = sum(p.numel() for p in build_randar(cfg, device="meta").parameters())
         full, export = 12 * n, 4 * n  # fp32 weights + 2 AdamW moments; fp32 weights
         exports = len(cfg.export_milestones) + 1  # and the last step
         saves = cfg.max_iters // ckpt_every

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from RandAR.dataset.latent import INatLatentDataset
 from RandAR.utils.run_stamp import file_fingerprint
-from RandAR.model.tokenizer import VQModel
+from RandAR.model.tokenizers.llamagen_vq import VQModel
 from helpers import load_script
 from test_dataset import SPEC, adm_reference, make_imagenet_tar
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from RandAR.model.generate import parallel_decoding_schedule
 from RandAR.model.randar_gpt import RandARTransformer
 from RandAR.utils.checkpoint import CheckpointMismatchError, load_model_weights, suggest_config
-from RandAR.utils.config import instantiate_from_config
+from RandAR.model.builder import build_randar, randar_params
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_args(**overrides):
     args = json.load(open(os.path.join(FIX, "randar_tiny_config.json")))["constructor_args"]
     args.update(overrides)
-    return args
+    return randar_params(args)  # the fixture's config has the official keys the model does not take
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,7 @@ def _listing(name):
 def test_official_configs_match_key_listings(config, listing):
     header, want = _listing(listing)
     cfg = OmegaConf.load(os.path.join(ROOT, "configs", "randar", config))
-    with torch.device("meta"):
-        model = instantiate_from_config(cfg.ar_model)
+    model = build_randar(cfg, device="meta")
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert list(got) == list(want)  # same keys, same order
     assert got == want
@@ -225,6 +224,42 @@ def test_cfg_without_null_class_is_a_clear_error():
     model.generate(torch.tensor([1]), cfg_scales=(1.0, 1.0))  # no guidance: fine
 
 
+def test_one_entry_point_with_a_guidance_object():
+    """model.generate (the original's API) is generate() with class_cfg; generate.py does not import the model
+    (no import cycle); guidance with a null branch on a model without the null class fails before decoding."""
+    import ast
+    from RandAR.model import generate as generate_module
+    from RandAR.model.guidance import Guidance, class_cfg
+
+    model = random_model(9)
+    cond, order = torch.tensor([1, 2]), torch.stack([torch.randperm(16), torch.randperm(16)])
+    seeds = torch.tensor([5, 6])
+    ref = model.generate(cond, token_order=order, cfg_scales=(1.0, 3.0), num_inference_steps=5, seeds=seeds)
+    ids = generate_module.generate(model, cond, token_order=order, guidance=class_cfg(cond, (1.0, 3.0), 10),
+                                   num_inference_steps=5, seeds=seeds)
+    assert torch.equal(ids, ref)
+    model.num_inference_steps = 5  # None: the model's default steps
+    assert torch.equal(generate_module.generate(model, cond, token_order=order, seeds=seeds,
+                                                guidance=class_cfg(cond, (1.0, 3.0), 10)), ref)
+    tree = ast.parse(open(generate_module.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "RandAR.model.randar_gpt" not in imported
+    no_null = random_model(6, class_dropout_prob=0.0)
+    two = Guidance([cond, cond], lambda logits, fraction: logits[0])
+    with pytest.raises(ValueError, match="null class"):
+        generate_module.generate(no_null, cond, guidance=two)
+
+
+def test_official_inert_keys_are_dropped_by_the_builder_only():
+    """The official configs' caption_dim, max_batch_size, max_seq_len and zero_class_qk are not model arguments:
+    build_randar drops them (the schema accepts them), nothing else passes them around."""
+    with pytest.raises(TypeError, match="caption_dim"):
+        RandARTransformer(**tiny_args(), caption_dim=2048)
+    cfg = OmegaConf.load(os.path.join(ROOT, "configs", "randar", "randar_xl_0.7b_llamagen.yaml"))
+    assert "zero_class_qk" in cfg.ar_model.params
+    assert build_randar(cfg, device="meta").dim == cfg.ar_model.params.dim
+
+
 def test_bad_inputs_are_rejected():
     model = random_model(7)
     with pytest.raises(ValueError, match="class ids"):
@@ -349,13 +384,14 @@ def test_static_decoding_has_one_shape_per_batch_whatever_the_step_count(monkeyp
     import torch._dynamo
     model = random_model(13)
     shapes = set()
-    real_step = model.decode_step_static
+    real_step = model.decode_step
 
-    def recording_step(x, f, pos):
-        shapes.add((tuple(x.shape), tuple(f.shape), tuple(pos.shape),
-                    tuple(model.layers[0].attention.kv_cache.k.shape)))
-        return real_step(x, f, pos)
-    monkeypatch.setattr(model, "decode_step_static", recording_step)
+    def recording_step(x, f, pos, num_logits=None):
+        if num_logits is None:  # a static piece (the eager prefill reads its query rows only)
+            shapes.add((tuple(x.shape), tuple(f.shape), tuple(pos.shape),
+                        tuple(model.layers[0].attention.kv_cache.k.shape)))
+        return real_step(x, f, pos, num_logits)
+    monkeypatch.setattr(model, "decode_step", recording_step)
     cond, known = torch.tensor([1, 2, 3]), torch.randint(0, 64, (3, 5))
     for kw in [dict(num_inference_steps=-1), dict(num_inference_steps=6), dict(num_inference_steps=3),
                dict(num_inference_steps=2, known_tokens=known)]:

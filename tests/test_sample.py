@@ -13,7 +13,9 @@ from PIL import Image
 
 from safetensors.torch import load_file, save_file
 
-from RandAR.utils import run_stamp, sample_io
+from RandAR.model.orders import random_permutations
+from RandAR.sampling import folder, image_io, inputs, labels
+from RandAR.utils import run_stamp
 from RandAR.utils.distributed import DistInfo, create_npz_from_sample_folder
 from helpers import load_script, write_tiny_weights
 
@@ -86,10 +88,10 @@ def test_batch_size_does_not_change_images(weights, plain, tmp_path):
     _, images = plain
     # Label, seed and order of an image are functions of its index, whatever batch it lands in.
     idx = list(range(N))
-    assert sample_io.class_labels(idx[4:8], 10, 0) == sample_io.class_labels(idx, 10, 0)[4:8]
-    assert sample_io.image_seeds(0, idx[4:8]) == sample_io.image_seeds(0, idx)[4:8]
-    torch.testing.assert_close(sample_io.token_orders(sample_io.image_seeds(0, idx[4:8]), 16),
-                               sample_io.token_orders(sample_io.image_seeds(0, idx), 16)[4:8])
+    assert labels.class_labels(idx[4:8], 10, 0) == labels.class_labels(idx, 10, 0)[4:8]
+    assert labels.image_seeds(0, idx[4:8]) == labels.image_seeds(0, idx)[4:8]
+    torch.testing.assert_close(random_permutations(4, [16], labels.image_seeds(0, idx[4:8]))[0],
+                               random_permutations(len(idx), [16], labels.image_seeds(0, idx))[0][4:8])
     sample_c2i.main(flags(weights, tmp_path, batch=4))
     # The tiny model's CPU arithmetic is batch-invariant, so even the pixels agree.
     np.testing.assert_array_equal(npz(tmp_path), images)
@@ -105,13 +107,13 @@ def test_resume_makes_only_the_missing_images(weights, plain, tmp_path, monkeypa
     kept = {i: os.stat(tmp_path / RUN / f"{i:06d}.png").st_mtime_ns for i in range(N) if i not in deleted}
 
     made = []
-    original = sample_io.sample_images
+    original = folder.sample_images
 
     def recording(model, tokenizer, indices, spec):
         made.extend(indices)
         return original(model, tokenizer, indices, spec)
 
-    monkeypatch.setattr(sample_io, "sample_images", recording)
+    monkeypatch.setattr(folder, "sample_images", recording)
     sample_c2i.main(flags(weights, tmp_path, batch=4))
     assert sorted(made) == deleted
     assert all(os.stat(tmp_path / RUN / f"{i:06d}.png").st_mtime_ns == t for i, t in kept.items())
@@ -138,8 +140,8 @@ def test_same_file_name_other_checkpoint_does_not_resume(weights, other_weights,
     _, images = plain
     sample_c2i.main(flags(weights, tmp_path))  # the first model's run
     made = []
-    original = sample_io.sample_images
-    monkeypatch.setattr(sample_io, "sample_images",
+    original = folder.sample_images
+    monkeypatch.setattr(folder, "sample_images",
                         lambda m, t, indices, spec: made.extend(indices) or original(m, t, indices, spec))
     before = sorted(os.listdir(tmp_path / RUN))
 
@@ -162,7 +164,7 @@ def test_same_file_name_other_checkpoint_does_not_resume(weights, other_weights,
     stamp = json.load(open(tmp_path / f"{RUN}.stamp.json"))
     stamp["sampling"]["top_k"] = 3  # any setting that changes the images, whether the run name shows it or not
     with pytest.raises(SystemExit, match=r"\(sampling\.top_k: 0 there, 3 now\); pass --force"):
-        sample_io.claim_run_folder(str(tmp_path / RUN), stamp, DIST)
+        folder.claim_run_folder(str(tmp_path / RUN), stamp, DIST)
 
 
 def test_outputs_without_a_stamp_are_not_resumed(weights, plain, tmp_path):
@@ -176,7 +178,7 @@ def test_outputs_without_a_stamp_are_not_resumed(weights, plain, tmp_path):
 @pytest.mark.parametrize("flag", ["--gpt-ckpt", "--vq-ckpt"])
 def test_missing_checkpoint_fails_before_building(weights, tmp_path, monkeypatch, capsys, flag):
     built = []
-    monkeypatch.setattr(sample_io, "build_randar", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(inputs, "build_randar", lambda *a, **k: built.append(a))
     argv = flags(weights, tmp_path / "out")
     argv[argv.index(flag) + 1] = str(tmp_path / "nowhere.safetensors")
     with pytest.raises(SystemExit) as e:
@@ -201,19 +203,19 @@ def test_fingerprint_is_content_not_name(tmp_path):
 
 def test_class_labels_and_seeds():
     idx = list(range(1000))
-    random = sample_io.class_labels(idx, 10, 0)
-    assert set(random) == set(range(10)) and sample_io.class_labels(idx[:100], 10, 0) == random[:100]
-    assert sample_io.class_labels(idx, 10, 1) != random
-    balanced = sample_io.class_labels(idx, 10, 0, "balanced")
+    random = labels.class_labels(idx, 10, 0)
+    assert set(random) == set(range(10)) and labels.class_labels(idx[:100], 10, 0) == random[:100]
+    assert labels.class_labels(idx, 10, 1) != random
+    balanced = labels.class_labels(idx, 10, 0, "balanced")
     assert np.bincount(balanced).tolist() == [100] * 10
     blocks = [balanced[b:b + 10] for b in range(0, 1000, 10)]
     assert all(sorted(b) == list(range(10)) for b in blocks)  # any prefix is balanced to within one
     assert len({tuple(b) for b in blocks}) > 50  # shuffled, and not one fixed order
-    assert sample_io.class_labels(idx[:35], 10, 0, "balanced") == balanced[:35]
-    assert sample_io.class_labels(idx, 10, 3, "balanced") != balanced
-    seeds = sample_io.image_seeds(0, range(10000))
+    assert labels.class_labels(idx[:35], 10, 0, "balanced") == balanced[:35]
+    assert labels.class_labels(idx, 10, 3, "balanced") != balanced
+    seeds = labels.image_seeds(0, range(10000))
     assert len(set(seeds)) == 10000 and all(0 <= s < 2 ** 63 for s in seeds)
-    assert not set(seeds) & set(sample_io.image_seeds(1, range(10000)))
+    assert not set(seeds) & set(labels.image_seeds(1, range(10000)))
 
 
 def test_debug_writes_one_grid(weights, tmp_path):
@@ -245,7 +247,7 @@ def test_clear_errors(weights, tmp_path):
 def test_npz_packing(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, size=(5, 6, 7, 3), dtype=np.uint8)
     for i, im in enumerate(images):
-        sample_io.save_png_atomic(im, str(tmp_path / f"{i:06d}.png"))
+        image_io.save_png(im, str(tmp_path / f"{i:06d}.png"))
     path = create_npz_from_sample_folder(str(tmp_path), 4, str(tmp_path / "out.npz"))
     with np.load(path) as data:
         np.testing.assert_array_equal(data["arr_0"], images[:4])
@@ -253,3 +255,20 @@ def test_npz_packing(tmp_path):
     with pytest.raises(FileNotFoundError, match="000002.png is missing"):
         create_npz_from_sample_folder(str(tmp_path), 4, str(tmp_path / "other.npz"))
     assert not [f for f in os.listdir(tmp_path) if f.startswith("other.npz")]  # nor a temporary
+
+
+def test_run_names_are_stable():
+    """Existing sample folders and stamps are found by these names: they must not change."""
+    from RandAR.sampling.spec import ExtrapolationSpec, SamplingSpec
+
+    plain = SamplingSpec(cfg_scales=(1.0, 4.0), num_inference_steps=88, image_size=256, image_size_eval=256,
+                         precision="bf16")
+    assert plain.run_name("randar", "ckpt") == "randar-ckpt-size-256-256-cfg-1.0-4.0-steps-88-bf16-seed-0"
+    other = SamplingSpec(cfg_scales=(1.0, 2.5), num_inference_steps=-1, image_size=256, image_size_eval=512,
+                         temperature=0.9, top_k=5, top_p=0.8, global_seed=3, class_sampling="balanced")
+    assert other.run_name("e", "c", with_cfg=False) == ("e-c-size-256-512-steps--1-fp32-temp-0.9-topk-5-topp-0.8"
+                                                        "-balanced-seed-3")
+    extra = ExtrapolationSpec(cfg_scales=(3.0, 3.0), num_inference_steps=1024, image_size=512, image_size_eval=512,
+                              spatial_cfg_scales=(2.5, 2.5))
+    assert extra.run_name("x", "c") == ("x-c-size-512-512-cfg-3.0-3.0-steps-1024-fp32-extrap-2-ntk-2-scfg-2.5-2.5"
+                                        "-smask-0.5-seed-0")

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from RandAR.model.generate import class_cfg_branches, linear_scale
+from RandAR.model.guidance import class_cfg, linear_scale
 from RandAR.model.sampling import (counter_uniform, logits_to_probs, sample_from_probs, top_k_top_p_filter)
 
 
@@ -67,11 +67,12 @@ def test_counter_uniform_is_batch_independent_and_uniform():
 
 def test_class_cfg_arithmetic():
     cond = torch.tensor([3, 4])
-    branches, combine = class_cfg_branches(cond, (1.0, 5.0), null_class=10)
-    assert torch.equal(branches[1], torch.tensor([10, 10]))
+    guidance = class_cfg(cond, (1.0, 5.0), null_class=10)
+    assert torch.equal(guidance.branch_classes[1], torch.tensor([10, 10])) and guidance.uses_null_class
     c, u = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
-    torch.testing.assert_close(combine([c, u], 0.25), u + 2.0 * (c - u))
+    torch.testing.assert_close(guidance.combine([c, u], 0.25), u + 2.0 * (c - u))
     assert linear_scale((2.0, 2.0), 0.7) == 2.0
     # Guidance is decided by the last scale, as in the original: (3, 1) means no guidance at all.
-    branches, combine = class_cfg_branches(cond, (3.0, 1.0), null_class=10)
-    assert len(branches) == 1 and torch.equal(combine([c], 0.5), c)
+    guidance = class_cfg(cond, (3.0, 1.0), null_class=10)
+    assert len(guidance.branch_classes) == 1 and torch.equal(guidance.combine([c], 0.5), c)
+    assert not guidance.uses_null_class and guidance.known_token_keep is None

@@ -10,7 +10,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from RandAR.eval import fid
-from RandAR.utils import sample_io
+from RandAR.sampling import folder
+from RandAR.sampling.spec import SamplingSpec
 from helpers import load_script, write_tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,7 @@ def counters(setup, monkeypatch):
     """Import path for the extractor; counts of evaluations and of images sampled in this process."""
     monkeypatch.syspath_prepend(str(setup))
     calls = {"evaluated": [], "sampled": 0}
-    evaluate_with, sample_images = fid.evaluate_with, sample_io.sample_images
+    evaluate_with, sample_images = fid.evaluate_with, folder.sample_images
 
     def counting_evaluate(extractor, ref, sample, **kw):
         calls["evaluated"].append(os.path.basename(sample))
@@ -68,7 +69,7 @@ def counters(setup, monkeypatch):
         return sample_images(model, tokenizer, indices, spec)
 
     monkeypatch.setattr(fid, "evaluate_with", counting_evaluate)
-    monkeypatch.setattr(sample_io, "sample_images", counting_sample)
+    monkeypatch.setattr(folder, "sample_images", counting_sample)
     return calls
 
 
@@ -123,7 +124,7 @@ def test_scale_grid():
 
 def test_results_folder_gets_a_named_file(setup, counters, tmp_path):
     args = search.parse_args(flags(setup, tmp_path / "res"))
-    spec = sample_io.SamplingSpec(cfg_scales=(1.0, 2.5), num_inference_steps=6, image_size=8, image_size_eval=8)
+    spec = SamplingSpec(cfg_scales=(1.0, 2.5), num_inference_steps=6, image_size=8, image_size_eval=8)
     expected = tmp_path / "res" / "tiny-gpt-size-8-8-steps-6-fp32-seed-0-search.json"  # no cfg in the name
     assert search.results_file(args, spec, "gpt") == str(expected)
 

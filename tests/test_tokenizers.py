@@ -8,11 +8,11 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from RandAR.model.maskgit_tokenizer import MaskGITTokenizer
-from RandAR.model.tokenizer import VQModel
+from RandAR.model.tokenizers.maskgit_vqgan import MaskGITTokenizer
+from RandAR.model.tokenizers.llamagen_vq import VQModel
 from RandAR.model.tokenizers import build_tokenizer, resize_square
 from RandAR.utils.checkpoint import CheckpointMismatchError
-from RandAR.utils.config import instantiate_from_config
+from RandAR.utils.config import canonical_target, instantiate_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -118,8 +118,22 @@ def test_official_keys_and_shapes(name):
     assert model.downsample_factor == 16
 
 
+def test_legacy_targets_still_build():
+    """Configs, runs and codes manifests written before the tokenizers moved into RandAR/model/tokenizers/ name
+    the old module paths; they build the same classes."""
+    cfg = OmegaConf.load(os.path.join(ROOT, "tests", "configs", "tiny_vq.yaml")).model
+    cfg.target = "RandAR.model.tokenizer.VQModel"
+    assert type(instantiate_from_config(cfg)) is VQModel
+    assert canonical_target("RandAR.model.maskgit_tokenizer.MaskGITTokenizer") == \
+        "RandAR.model.tokenizers.maskgit_vqgan.MaskGITTokenizer"
+    assert canonical_target("RandAR.model.randar_gpt.RandARTransformer") == "RandAR.model.randar_gpt.RandARTransformer"
+    for name in ("llamagen", "maskgit"):  # the shipped configs name the current paths
+        target = OmegaConf.load(os.path.join(CONFIGS, f"{name}.yaml")).model.target
+        assert canonical_target(target) == target and target.startswith("RandAR.model.tokenizers.")
+
+
 def test_tiny_config_builds():
-    model = instantiate_from_config(OmegaConf.load(os.path.join(CONFIGS, "tiny_vq.yaml")).model)
+    model = instantiate_from_config(OmegaConf.load(os.path.join(ROOT, "tests", "configs", "tiny_vq.yaml")).model)
     codes = model.encode_indices(torch.rand(2, 3, 32, 32) * 2 - 1)
     assert codes.shape == (2, (32 // model.downsample_factor) ** 2)
     assert model.decode_codes_to_img(codes, 32).shape == (2, 32, 32, 3)
@@ -172,8 +186,8 @@ def test_training_step(cls):
 
 
 def test_out_of_range_codes_are_a_clear_error():
-    from RandAR.model.maskgit_tokenizer import MaskGITTokenizer
-    from RandAR.model.tokenizer import VQModel
+    from RandAR.model.tokenizers.maskgit_vqgan import MaskGITTokenizer
+    from RandAR.model.tokenizers.llamagen_vq import VQModel
 
     vq = VQModel(codebook_size=64, codebook_embed_dim=8, encoder_ch_mult=[1, 1], decoder_ch_mult=[1, 1],
                  z_channels=32, base_channels=32, num_res_blocks=1)

@@ -22,9 +22,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from RandAR.applications.cli import USER_ERRORS, add_editing_args, load_for_editing, sample_completions  # noqa: E402
+from RandAR.sampling.cli import USER_ERRORS, add_editing_args, editing_from_flags  # noqa: E402
+from RandAR.sampling.editing import sample_completions  # noqa: E402
 from RandAR.applications.editing import known_from_pixel_mask  # noqa: E402
-from RandAR.applications.image_io import (crop_image_and_mask, encode_image, grey_out, open_mask,  # noqa: E402
+from RandAR.sampling.image_io import (crop_image_and_mask, encode_image, grey_out, open_mask,  # noqa: E402
                                           open_rgb, save_results)
 
 
@@ -40,7 +41,7 @@ def main(argv=None):
     try:
         image = open_rgb(args.image)
         mask = open_mask(args.mask, image.size)
-        model, tokenizer, device = load_for_editing(args)
+        model, tokenizer, device, completions = editing_from_flags(args)
         patch = tokenizer.downsample_factor
         size = model.grid_size * patch
         crop, pixel_mask = crop_image_and_mask(image, mask, size)
@@ -50,7 +51,7 @@ def main(argv=None):
         tokens = encode_image(tokenizer, crop, device)
         print(f"{int(known.sum())} of {known.numel()} tokens known, {int((~known).sum())} to generate, "
               f"{args.num_samples} sample(s) of class {args.class_id}", flush=True)
-        results = sample_completions(model, tokenizer, args, tokens, known[None], size)
+        results = sample_completions(model, tokenizer, completions, tokens, known[None], size)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     stem = os.path.splitext(os.path.basename(args.image))[0] + "_inpaint"

@@ -23,13 +23,13 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from RandAR.applications.cli import USER_ERRORS, add_editing_args, load_for_editing, sample_completions  # noqa: E402
+from RandAR.sampling.cli import USER_ERRORS, add_editing_args, editing_from_flags  # noqa: E402
+from RandAR.sampling.editing import sample_completions  # noqa: E402
 from RandAR.applications.editing import OUTPAINT_REGIONS, place_region, region_box  # noqa: E402
-from RandAR.applications.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
+from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
 from RandAR.applications.resolution_extrapolation import extrapolation_grid, extrapolation_rope  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         image = open_rgb(args.image)
-        model, tokenizer, device = load_for_editing(args)
+        model, tokenizer, device, completions = editing_from_flags(args)
         patch = tokenizer.downsample_factor
         grid = extrapolation_grid(model, args.extrapolation_factor)
         rope = None if grid == model.grid_size else extrapolation_rope(model, args.extrapolation_factor,
@@ -63,7 +63,7 @@ def main(argv=None):
         print(f"canvas {grid}x{grid} tokens ({grid * patch} px), input in {h}x{w} tokens at ({top}, {left}); "
               f"{int((~known).sum())} tokens to generate, {args.num_samples} sample(s) of class {args.class_id}",
               flush=True)
-        results = sample_completions(model, tokenizer, args, tokens, known, grid * patch, freqs_cis=rope)
+        results = sample_completions(model, tokenizer, completions, tokens, known, grid * patch, freqs_cis=rope)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     canvas = np.full((grid * patch, grid * patch, 3), GREY, dtype=np.uint8)

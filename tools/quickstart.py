@@ -35,12 +35,12 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from RandAR.sampling.labels import class_labels  # noqa: E402
 from RandAR.toy.data import load_tar_arrays  # noqa: E402
 from RandAR.toy.classifier import build_toy_extractor  # noqa: E402
 from RandAR.utils.atomic import atomic_path, write_json  # noqa: E402
 from RandAR.utils.images import image_grid  # noqa: E402
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
-from RandAR.utils.sample_io import class_labels  # noqa: E402
 
 MODEL_CONFIG = "configs/randar/randar_toy.yaml"
 TOKENIZER_CONFIG = "configs/tokenization/toy_vq.yaml"

@@ -19,7 +19,7 @@ otherwise stops naming the fields that differ. Each scale's sample folder has it
 --force starts afresh: the results file and the sample folders of this run are removed and made again.
 
 With --cfg-scales a,b --spatial-cfg-scales c,d (documentation section 6) this script runs resolution-
-extrapolation sampling instead (RandAR.applications.extrapolation_sampling, as tools/resolution_extrapolation.py),
+extrapolation sampling instead (tools/resolution_extrapolation.py),
 which takes none of the search's own flags.
 
 --evaluator: `adm` (ADM's TF Inception-v3, graph from --evaluator-path / $RANDAR_INCEPTION_PATH), `toy` (the CPU
@@ -37,25 +37,33 @@ from datetime import timedelta
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.eval import fid  # noqa: E402
-from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
 from RandAR.eval.extractors import EVALUATORS, build_extractor  # noqa: E402
+from RandAR.sampling.cli import (USER_ERRORS, add_decoding_args, add_model_args, add_run_args,  # noqa: E402
+                                 check_at_least_one, extrapolation_parser, parse_pair, run_extrapolation,
+                                 spec_from_flags)
+from RandAR.sampling.folder import sample_to_folder, save_debug_grid  # noqa: E402
+from RandAR.sampling.inputs import check_inputs, ckpt_name, load_models, run_stamp_of  # noqa: E402
+from RandAR.utils.atomic import write_json  # noqa: E402
 from RandAR.utils.distributed import (broadcast_object, cleanup, create_npz_from_sample_folder,  # noqa: E402
                                       init_distributed)
-from RandAR.utils.run_stamp import (StampMismatchError, differences_text, file_fingerprint,  # noqa: E402
-                                    remove_outputs, write_json_atomic)
-from RandAR.utils.sample_io import (add_sampling_args, check_inputs, ckpt_name, load_models, parse_pair,  # noqa: E402
-                                    run_stamp_of, sample_to_folder, save_debug_grid, spec_from_args)
+from RandAR.utils.run_stamp import StampMismatchError, differences_text, file_fingerprint, remove_outputs  # noqa: E402
 
 # Ranks wait in a collective while rank 0 packs and evaluates (50k images with precision/recall: long).
 EVAL_TIMEOUT = timedelta(hours=6)
-# StampMismatchError (a run stamp that differs) is a ValueError.
-USER_ERRORS = (FileNotFoundError, ValueError, ImportError, CheckpointMismatchError)
+SEARCH_ERRORS = USER_ERRORS + (ImportError,)  # ImportError: an --evaluator class path that does not import
 EXTRAPOLATION_FLAGS = ("--cfg-scales", "--spatial-cfg-scales")  # these run resolution extrapolation instead
+
+
+def add_sampling_flags(p: argparse.ArgumentParser):
+    """sample_c2i.py's flags but --cfg-scales and --num-fid-samples (the search picks both)."""
+    add_model_args(p)
+    add_run_args(p)
+    add_decoding_args(p, cfg_scales=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(p)
+    add_sampling_flags(p)
     p.add_argument("--cfg-scales-search", default="2.0,8.0", help="lowest,highest final CFG scale to try")
     p.add_argument("--cfg-scales-interval", type=float, default=0.2)
     p.add_argument("--num-fid-samples-search", type=int, default=10000)
@@ -137,32 +145,26 @@ def check_search_inputs(args):
     if not args.debug and not os.path.isfile(args.ref_path):
         raise FileNotFoundError(f"reference batch {args.ref_path} not found (--ref-path)")
     scales = scale_grid(*parse_pair(args.cfg_scales_search, "--cfg-scales-search"), args.cfg_scales_interval)
-    return check_inputs(args), scales
+    check_at_least_one(per_proc_batch_size=args.per_proc_batch_size)
+    return check_inputs(args.config, args.gpt_ckpt, args.vq_ckpt), scales
 
 
 def search_only_flags() -> set:
     """Flags of the search that resolution-extrapolation sampling does not take."""
-    from RandAR.applications.extrapolation_sampling import add_extrapolation_args
-
-    extrapolation = argparse.ArgumentParser(add_help=False)
-    add_sampling_args(extrapolation)
-    add_extrapolation_args(extrapolation)
     options = lambda parser: {o for action in parser._actions for o in action.option_strings}  # noqa: E731
-    return options(build_parser()) - options(extrapolation)
+    return options(build_parser()) - options(extrapolation_parser(__doc__))
 
 
-def run_extrapolation(argv):
+def extrapolation_instead(argv):
     """The documented resolution-extrapolation command (section 6) names this script: run it, unless search-only
     flags came with it (say which, rather than the extrapolation parser's bare "unrecognized arguments")."""
-    from RandAR.applications.extrapolation_sampling import main as extrapolation_main
-
     given = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in search_only_flags()]
     if given:
         sys.exit(f"error: {', '.join(given)}: with {' / '.join(EXTRAPOLATION_FLAGS)} this script runs "
                  f"resolution-extrapolation sampling (documentation section 6), which takes none of the CFG "
                  f"search's flags; drop them, or drop {' / '.join(EXTRAPOLATION_FLAGS)} to search "
                  f"(sample_c2i.py --cfg-scales a,b samples at one scale)")
-    return extrapolation_main(argv)
+    return run_extrapolation(extrapolation_parser(__doc__).parse_args(argv))
 
 
 def on_main(dist, fn):
@@ -172,7 +174,7 @@ def on_main(dist, fn):
     if dist.is_main:
         try:
             value = fn()
-        except USER_ERRORS as e:
+        except SEARCH_ERRORS as e:
             error = str(e)
     error = broadcast_object(error)
     if error:
@@ -199,17 +201,17 @@ def main(argv=None):
     # and --spatial-cfg-scales; those arguments are run by tools/resolution_extrapolation.py's code instead.
     argv = sys.argv[1:] if argv is None else list(argv)
     if {a.split("=", 1)[0] for a in argv} & set(EXTRAPOLATION_FLAGS):
-        return run_extrapolation(argv)
+        return extrapolation_instead(argv)
     args = parse_args(argv)
     try:
         inputs, scales = check_search_inputs(args)  # before anything is built or written
-    except USER_ERRORS as e:
+    except SEARCH_ERRORS as e:
         sys.exit(f"error: {e}")
     dist = init_distributed(timeout=EVAL_TIMEOUT)
     try:
-        model, tokenizer = load_models(args, dist.device, inputs)
-        base = spec_from_args(args, model, tokenizer, (1.0, scales[-1]), dist.device)
-    except USER_ERRORS as e:
+        model, tokenizer = load_models(inputs, dist.device, args.precision, args.compile)
+        base = spec_from_flags(args, model, tokenizer, dist.device, (1.0, scales[-1]))
+    except SEARCH_ERRORS as e:
         sys.exit(f"error: {e}")
     ckpt = ckpt_name(args.gpt_ckpt)
 
@@ -241,7 +243,7 @@ def main(argv=None):
         out = run_scale(s, args.num_fid_samples_search)
         if dist.is_main:
             results["search"][scale_key(s)] = out
-            write_json_atomic(results, path)
+            write_json(results, path)
             print(f"cfg {s}: " + ", ".join(f"{k} {out[k]}" for k in fid.METRIC_NAMES), flush=True)
 
     best = broadcast_object(min(scales, key=lambda s: results["search"][scale_key(s)]["fid"])
@@ -253,7 +255,7 @@ def main(argv=None):
         out = run_scale(best, args.num_fid_samples_final)
         if dist.is_main:
             results.update(best_cfg_scale=best, final=out)
-            write_json_atomic(results, path)
+            write_json(results, path)
     if dist.is_main:
         final = results["final"]
         print(f"best CFG scale {best} (linear from 1.0); on {final['num_samples']} samples: "

@@ -5,19 +5,20 @@ decoded in random order with parallel decoding and CFG, by the one decoding loop
 (`RandAR.model.generate.generate`). Known tokens come back unchanged. Outpainting onto a canvas larger than the
 training grid passes the resolution-extrapolation RoPE table as `freqs_cis`.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from RandAR.applications.orders import known_first_order
 from RandAR.model.generate import generate
+from RandAR.model.guidance import Guidance
 
 OUTPAINT_REGIONS = ("center", "left", "right", "top", "bottom")
 
 
 @torch.no_grad()
 def generate_with_known(model, cond: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor,
-                        cfg_scales: Sequence[float] = (1.0, 1.0), num_inference_steps: Optional[int] = None,
+                        guidance: Optional[Guidance] = None, num_inference_steps: Optional[int] = None,
                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                         freqs_cis: Optional[torch.Tensor] = None, seeds: Optional[torch.Tensor] = None,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -25,16 +26,16 @@ def generate_with_known(model, cond: torch.Tensor, tokens: torch.Tensor, known: 
 
     cond (B,) class ids; tokens (B, N) raster ids (values at unknown cells are ignored); known (B, N) bool, the
     same number of known cells in every row. N is the model's block size, or the size of the grid `freqs_cis`
-    was made for. num_inference_steps: steps for the unknown tokens (None: the model's default; -1: one
-    token per step). seeds (B,): per-sample orders and draws, independent of the batch.
+    was made for. guidance: e.g. RandAR.model.guidance.class_cfg (None: no guidance). num_inference_steps:
+    steps for the unknown tokens (None: the model's default; -1: one token per step). seeds (B,): per-sample
+    orders and draws, independent of the batch.
     """
     if tokens.shape != known.shape:
         raise ValueError(f"tokens {tuple(tokens.shape)} and known {tuple(known.shape)} must have one shape (B, N)")
-    steps = model.num_inference_steps if num_inference_steps is None else num_inference_steps
     order, K = known_first_order(known, seeds=None if seeds is None else seeds.cpu(), generator=generator)
     order = order.to(tokens.device)
     known_ids = tokens.gather(1, order[:, :K]) if K else None
-    return generate(model, cond, token_order=order, cfg_scales=cfg_scales, num_inference_steps=steps,
+    return generate(model, cond, token_order=order, guidance=guidance, num_inference_steps=num_inference_steps,
                     temperature=temperature, top_k=top_k, top_p=top_p, known_tokens=known_ids,
                     freqs_cis=freqs_cis, seeds=seeds, generator=generator)
 

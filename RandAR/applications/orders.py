@@ -4,34 +4,13 @@ A RandAR model reads its context in any order, so every application is "choose a
 positions hold known tokens, and let `RandAR.model.generate.generate` decode the rest". These helpers only
 build such orders (raster positions, (B, N) int64).
 
-Randomness: with `seeds` (B,), sample b draws all its permutations from `torch.Generator().manual_seed(seeds[b])`
-in a fixed sequence, so they do not depend on the batch (the convention of RandAR.utils.sample_io.token_orders:
-a plain order of N tokens is the first `randperm(N)` of that generator). Without seeds they come from
-`generator` / torch's global RNG.
+Randomness: `RandAR.model.orders.random_permutations` (per-sample seeds, or `generator` / torch's global RNG).
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 
-
-def random_permutations(batch: int, sizes: Sequence[int], seeds: Optional[torch.Tensor] = None,
-                        generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
-    """For each n in `sizes`, one uniform permutation of 0..n-1 per sample: a list of (B, n) CPU tensors.
-
-    With seeds, sample b's permutations are randperm(sizes[0]), randperm(sizes[1]), ... of one generator
-    seeded with seeds[b], drawn in that sequence.
-    """
-    if seeds is not None:
-        if len(seeds) != batch:
-            raise ValueError(f"need one seed per sample: {batch} samples, {len(seeds)} seeds")
-        rows = []
-        for s in torch.as_tensor(seeds).tolist():
-            g = torch.Generator().manual_seed(int(s))
-            rows.append([torch.randperm(n, generator=g) for n in sizes])
-        return [torch.stack([r[k] for r in rows]) if batch else torch.zeros(0, n, dtype=torch.long)
-                for k, n in enumerate(sizes)]
-    device = generator.device if generator is not None else "cpu"
-    return [torch.rand(batch, n, generator=generator, device=device).argsort(dim=1).cpu() for n in sizes]
+from RandAR.model.orders import random_permutations
 
 
 def known_first_order(known: torch.Tensor, seeds: Optional[torch.Tensor] = None,

@@ -7,17 +7,19 @@
    extrapolated high frequencies (integer positions 0..f*g-1: local detail keeps its scale) with interpolated
    low ones (positions squeezed into 0..g-1: the layout stays in the trained range), split at `ntk_boundary`.
 3. Guidance: class CFG, and optionally spatial CFG, a third branch whose low-resolution context is partly
-   hidden (`spatial_cfg_combine`).
+   hidden (`spatial_cfg`).
 
-Both passes are calls of the one decoding loop, `RandAR.model.generate.generate`. Unlike the original's own
-loop, every token is decoded (its loop stopped one step early and left the last tokens at id 0).
+Both passes are calls of the one decoding loop, `RandAR.model.generate.generate`. Where this departs from the
+original release, GETTING_STARTED.md's "Differences from the original release" says so.
 """
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from RandAR.applications.orders import random_permutations, subgrid_first_order, subgrid_positions
-from RandAR.model.generate import class_cfg_branches, generate, linear_scale
+from RandAR.applications.orders import subgrid_first_order, subgrid_positions
+from RandAR.model.generate import generate
+from RandAR.model.guidance import Guidance, class_cfg, linear_scale
+from RandAR.model.orders import random_permutations
 from RandAR.model.rope import precompute_freqs_cis_2d_extrapolation
 
 
@@ -41,22 +43,6 @@ def extrapolation_rope(model, extrapolation_factor: float = 2.0, ntk_boundary: i
                                                  ntk_boundary)
 
 
-def spatial_cfg_combine(cfg_scales: Sequence[float], spatial_cfg_scales: Sequence[float]) -> Callable:
-    """Guidance over three branches [cond, spatial, uncond]:
-
-        uncond + s_cls * (cond - spatial) + s_sp * (spatial - uncond)
-
-    cond: the class and the full context; spatial: the null class and the full context; uncond: the null class
-    and the partly hidden context. Each scale goes linearly from its first value (nothing decoded) to its last
-    (everything decoded), as class CFG does.
-    """
-    def combine(logits: List[torch.Tensor], fraction: float) -> torch.Tensor:
-        cond, spatial, uncond = logits
-        return (uncond + linear_scale(cfg_scales, fraction) * (cond - spatial)
-                + linear_scale(spatial_cfg_scales, fraction) * (spatial - uncond))
-    return combine
-
-
 def spatial_context_keep(mask_perm: torch.Tensor, masking_ratio: float) -> torch.Tensor:
     """(B, K) 0/1 weights on the K known tokens: 0 on the int(K * masking_ratio) entries named first by each
     row of the permutation `mask_perm` (B, K) (their embeddings are zeroed in the spatial-CFG branch)."""
@@ -67,20 +53,27 @@ def spatial_context_keep(mask_perm: torch.Tensor, masking_ratio: float) -> torch
     return keep.scatter_(1, mask_perm[:, :int(K * masking_ratio)], 0.0)
 
 
-def extrapolation_guidance(cond: torch.Tensor, null_class: int, cfg_scales: Sequence[float],
-                           spatial_cfg_scales: Sequence[float], context_keep: torch.Tensor):
-    """(branch_classes, combine, known_token_keep) for `generate`.
+def spatial_cfg(cond: torch.Tensor, null_class: int, cfg_scales: Sequence[float],
+                spatial_cfg_scales: Sequence[float], context_keep: torch.Tensor) -> Guidance:
+    """Guidance for the large grid. Spatial CFG, on when spatial_cfg_scales[-1] > 1, has three branches
+    [cond, spatial, uncond]:
 
-    Spatial CFG is on when spatial_cfg_scales[-1] > 1, with s_cls from cfg_scales (which may then be 1: pure
-    spatial guidance; the original ignored spatial scales unless class CFG was on as well). Otherwise plain
-    class CFG (on when cfg_scales[-1] > 1), or no guidance.
+        uncond + s_cls * (cond - spatial) + s_sp * (spatial - uncond)
+
+    cond: the class and the full context; spatial: the null class and the full context; uncond: the null class
+    and the context weighted by `context_keep` (B, K). Each scale goes linearly from its first value (nothing
+    decoded) to its last (everything decoded); s_cls may be 1 (pure spatial guidance). Otherwise plain class
+    CFG from cfg_scales (on when cfg_scales[-1] > 1), or no guidance.
     """
-    if spatial_cfg_scales[-1] > 1.0:
-        null = torch.full_like(cond, null_class)
-        keep = context_keep.to(cond.device)
-        return [cond, null, null], spatial_cfg_combine(cfg_scales, spatial_cfg_scales), [None, None, keep]
-    branches, combine = class_cfg_branches(cond, cfg_scales, null_class)
-    return branches, combine, None
+    if spatial_cfg_scales[-1] <= 1.0:
+        return class_cfg(cond, cfg_scales, null_class)
+
+    def combine(logits: List[torch.Tensor], fraction: float) -> torch.Tensor:
+        cond_l, spatial, uncond = logits
+        return (uncond + linear_scale(cfg_scales, fraction) * (cond_l - spatial)
+                + linear_scale(spatial_cfg_scales, fraction) * (spatial - uncond))
+    null = torch.full_like(cond, null_class)
+    return Guidance([cond, null, null], combine, [None, None, context_keep.to(cond.device)])
 
 
 @torch.no_grad()
@@ -117,13 +110,14 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, cfg_scales: Seq
                     seeds=seeds_dev, generator=generator)
 
     # 1. the low-resolution image, on the model's own grid, with class CFG.
-    low_ids = generate(model, cond, token_order=low_order, cfg_scales=cfg_scales, **sampling)   # (B, g*g) raster
+    low_ids = generate(model, cond, token_order=low_order, guidance=class_cfg(cond, cfg_scales, model.num_classes),
+                       **sampling)                                                             # (B, g*g) raster
 
     # 2. the large grid: the low-resolution tokens (in their generation order) as known context.
     known = low_ids.gather(1, low_order)                                                       # (B, g*g)
-    branches, combine, keep = extrapolation_guidance(cond, model.num_classes, cfg_scales, spatial_cfg_scales,
-                                                     spatial_context_keep(mask_perm, spatial_masking_ratio))
-    ids = generate(model, cond, token_order=order, known_tokens=known, freqs_cis=rope, branch_classes=branches,
-                   combine=combine, known_token_keep=keep, **sampling)                         # (B, (f*g)^2)
+    guidance = spatial_cfg(cond, model.num_classes, cfg_scales, spatial_cfg_scales,
+                           spatial_context_keep(mask_perm, spatial_masking_ratio))
+    ids = generate(model, cond, token_order=order, known_tokens=known, freqs_cis=rope, guidance=guidance,
+                   **sampling)                                                                 # (B, (f*g)^2)
     assert torch.equal(ids[:, subgrid_positions(g, factor).to(device)], low_ids)
     return ids, low_ids

@@ -9,14 +9,13 @@ codebook size, image size, aug mode, code length). Training refuses a folder who
 model (`check_codes_fit`); the released archives have no manifest and are read as they are.
 """
 import json
-import operator
 import os
 from typing import Optional
 
 import numpy as np
 import torch
 
-from RandAR.utils.config import get_obj_from_str
+from RandAR.utils.config import canonical_target
 
 NUM_CHECKED_FILES = 64  # files read at start-up to catch a wrong archive before training starts
 MANIFEST_NAME = "manifest.json"
@@ -38,17 +37,6 @@ def codes_manifest(*, split: str, dataset: str, tokenizer: str, tokenizer_target
             "tokenizer_target": tokenizer_target, "codebook_size": int(codebook_size), "vq_ckpt": vq_ckpt,
             "image_size": int(image_size), "aug_mode": aug_mode, "crop_range": crop_range,
             "code_length": int(code_length)}
-
-
-def same_target(a: Optional[str], b: Optional[str]) -> bool:
-    """Whether two config `target:` strings name the same class: a folder extracted when the tokenizer lived under
-    an older module path (the released archives' table, old manifests) still fits (utils.config resolves those)."""
-    if a == b:
-        return True
-    try:
-        return get_obj_from_str(a) is get_obj_from_str(b)
-    except (ImportError, ValueError, TypeError, AttributeError):
-        return False
 
 
 def read_manifest(root_dir: str) -> Optional[dict]:
@@ -75,12 +63,13 @@ def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size:
         manifest, source = RELEASED_CODES.get(name), f"the released archive's name {name}"
     if manifest is None:
         return
+    if manifest.get("tokenizer_target"):  # codes extracted before a tokenizer module moved name its old path
+        manifest = {**manifest, "tokenizer_target": canonical_target(manifest["tokenizer_target"])}
     # manifest key: (what the model calls it, the model's value)
     expected = {"codebook_size": ("vocab_size", vocab_size), "code_length": ("block_size", block_size),
                 "tokenizer_target": ("tokenizer target", tokenizer_target), "split": ("training split", split)}
-    same = {"tokenizer_target": same_target}
     wrong = [f"{key} {manifest.get(key)!r} (the model's {name} is {value!r})" for key, (name, value) in expected.items()
-             if value is not None and not same.get(key, operator.eq)(manifest.get(key), value)]
+             if value is not None and manifest.get(key) != value]
     if wrong:
         raise ValueError(f"the codes in {root_dir} do not fit this model: {source} says {', '.join(wrong)}; "
                          f"they were made with tokenizer {manifest.get('tokenizer')!r} "
@@ -95,8 +84,9 @@ def check_codes_for_config(cfg):
     if not root_dir:
         return
     params = cfg.get("ar_model", {}).get("params", {})
+    target = cfg.get("tokenizer", {}).get("target")
     check_codes_fit(root_dir, vocab_size=params.get("vocab_size"), block_size=params.get("block_size"),
-                    tokenizer_target=cfg.get("tokenizer", {}).get("target"), split="train")
+                    tokenizer_target=target and canonical_target(target), split="train")
 
 
 class INatLatentDataset(torch.utils.data.Dataset):

@@ -8,15 +8,16 @@ holds exactly the teacher-forced sequence. This is the original release's scheme
 reference outputs depend on it.
 
 Applications reuse this loop by choosing the order, a prefix of known tokens, the RoPE table (a larger
-grid for extrapolation) and extra guidance branches; they never copy it.
+grid for extrapolation) and the guidance (RandAR.model.guidance); they never copy it.
 """
 import math
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 
-from RandAR.model.randar_gpt import interleave
+from RandAR.model.guidance import Guidance, no_guidance, require_null_class
 from RandAR.model.sampling import counter_uniform, logits_to_probs, sample_from_probs
+from RandAR.model.sequence import interleave
 
 
 def parallel_decoding_schedule(num_tokens: int, num_inference_steps: int) -> List[int]:
@@ -39,22 +40,9 @@ def parallel_decoding_schedule(num_tokens: int, num_inference_steps: int) -> Lis
     return counts
 
 
-def linear_scale(scales: Sequence[float], fraction: float) -> float:
-    """Scale that goes linearly from scales[0] (nothing decoded) to scales[-1] (everything decoded)."""
-    return scales[0] + (scales[-1] - scales[0]) * fraction
-
-
-def class_cfg_branches(cond: torch.Tensor, cfg_scales: Sequence[float], null_class: int):
-    """Guidance branches for plain class CFG: [cond] without guidance, [cond, null] with it.
-
-    As in the original, guidance is on when the *last* scale is > 1.
-    """
-    if cfg_scales[-1] > 1.0:
-        def combine(logits, fraction):
-            c, u = logits
-            return u + linear_scale(cfg_scales, fraction) * (c - u)
-        return [cond, torch.full_like(cond, null_class)], combine
-    return [cond], lambda logits, fraction: logits[0]
+def default_steps(model, num_inference_steps: Optional[int]) -> int:
+    """The step count to use: the given one, or the model's default (its config's num_inference_steps)."""
+    return model.num_inference_steps if num_inference_steps is None else num_inference_steps
 
 
 STATIC_CHUNK = 16  # rows per static decode piece: one 88-step decode of 256 tokens needs at most 13
@@ -74,7 +62,7 @@ def compile_mode(compile, device) -> Optional[str]:
 
 
 def _compiled_decode_step(model, mode: str):
-    """torch.compile of the model's static decode step, built once per (model, backend, mode) and reused.
+    """torch.compile of the model's decode step, built once per (model, backend, mode) and reused.
 
     dynamic=False: one graph per batch size (the piece size and cache length are fixed), which the
     warm-up compiles; the benchmark checks that a timed call compiles nothing more. fullgraph=True: a graph
@@ -86,7 +74,7 @@ def _compiled_decode_step(model, mode: str):
     key = (COMPILE_BACKEND, mode)
     if key not in compiled:
         options = {"mode": mode} if COMPILE_BACKEND == "inductor" else {"backend": COMPILE_BACKEND}
-        step = torch.compile(model.decode_step_static, dynamic=False, fullgraph=True, **options)
+        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, **options)
         if mode == "reduce-overhead" and COMPILE_BACKEND == "inductor":
             def step_with_graphs(*args, _step=step):
                 torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs were consumed
@@ -99,7 +87,7 @@ def _compiled_decode_step(model, mode: str):
 
 def decode_in_pieces(step_fn, x: torch.Tensor, freqs: torch.Tensor, start: int, num_logits: int,
                      chunk: int) -> torch.Tensor:
-    """A decode chunk x (nB, S, dim) for slots [start, start + S), fed through `step_fn` (the static decode step)
+    """A decode chunk x (nB, S, dim) for slots [start, start + S), fed through `step_fn` (the decode step)
     as ceil(S / chunk) pieces of `chunk` rows, the last zero-padded, one after the other (a piece attends to the
     ones before it through the cache). Returns the logits (nB, num_logits, V) of the last num_logits rows."""
     S = x.shape[1]
@@ -118,10 +106,9 @@ def decode_in_pieces(step_fn, x: torch.Tensor, freqs: torch.Tensor, start: int, 
 
 @torch.no_grad()
 def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = None,
-             cfg_scales: Sequence[float] = (1.0, 1.0), num_inference_steps: int = 88, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, known_tokens: Optional[torch.Tensor] = None,
-             freqs_cis: Optional[torch.Tensor] = None, branch_classes: Optional[List[torch.Tensor]] = None,
-             combine: Optional[Callable] = None, known_token_keep: Optional[List[Optional[torch.Tensor]]] = None,
+             guidance: Optional[Guidance] = None, num_inference_steps: Optional[int] = None,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             known_tokens: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None,
              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
              static_shapes: bool = False, compile=None, chunk_size: int = STATIC_CHUNK,
              return_logits: bool = False):
@@ -132,14 +119,12 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     return_logits also the (B, N, V) logits each token was drawn from (generation order, after guidance,
     before temperature/top-k/top-p).
 
+    guidance: the branches and how their logits combine (RandAR.model.guidance: class_cfg, or an
+        application's); None: no guidance. num_inference_steps: None = the model's default (default_steps).
     known_tokens (B, K): ids already known at positions token_order[:, :K]; they enter the cache in one
         forward pass and are returned unchanged. The schedule spreads the N - K unknown tokens over
         num_inference_steps steps; guidance scales follow the fraction of all N tokens known before a step.
     freqs_cis: RoPE table [cls + N, head_dim/2, 2] for another grid (resolution extrapolation).
-    branch_classes / combine: guidance branches (class ids per branch, stacked into one batch) and the
-        function (list of per-branch logits, fraction) -> logits. Default: class CFG from cfg_scales.
-    known_token_keep: per branch, an optional (B, K) 0/1 weight on the known tokens' embeddings (spatial CFG
-        hides part of the context in one branch).
     seeds (B,) int64: draw each sample's random numbers from its own seed (batch-independent); else torch's
         RNG / generator.
     static_shapes: after the prefill, feed every step as pieces of chunk_size rows attending to the whole
@@ -175,12 +160,9 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
         if int(known_tokens.min()) < 0 or int(known_tokens.max()) >= model.vocab_size:
             raise ValueError(f"known token ids must be in [0, {model.vocab_size - 1}]")
 
-    if branch_classes is None:
-        branch_classes, combine = class_cfg_branches(cond, cfg_scales, model.num_classes)
-    n_branch = len(branch_classes)
-    if n_branch > 1 and not model.cls_embedding.has_null_class:
-        raise ValueError("classifier-free guidance needs the null-class embedding row, but this model was built "
-                         "with class_dropout_prob=0 (no null class). Use cfg_scales=(1.0, 1.0).")
+    guidance = no_guidance(cond) if guidance is None else guidance
+    require_null_class(model, guidance.uses_null_class)
+    n_branch = len(guidance.branch_classes)
 
     # Everything the loop feeds, precomputed for the whole order: (nB, N, ...) with branches stacked.
     dtype = model.tok_embeddings.weight.dtype
@@ -188,17 +170,17 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     queries = model.position_instruction_tokens(token_freqs).to(dtype)               # (B, N, dim)
     token_freqs = token_freqs.repeat(n_branch, 1, 1, 1)
     queries = queries.repeat(n_branch, 1, 1)
-    cls_emb = model.cls_embedding(torch.cat(branch_classes), train=False)            # (nB, cls_n, dim)
+    cls_emb = model.cls_embedding(torch.cat(guidance.branch_classes), train=False)   # (nB, cls_n, dim)
     cls_freqs = rope[:cls_n].expand(n_branch * B, -1, -1, -1)
 
     result = torch.zeros(B, N, dtype=torch.long, device=device)                      # generation order
     step_logits = torch.zeros(B, N, model.vocab_size, device=device) if return_logits else None
-    counts = parallel_decoding_schedule(N - K, num_inference_steps)
+    counts = parallel_decoding_schedule(N - K, default_steps(model, num_inference_steps))
     mode = compile_mode(getattr(model, "compile_decoding", False) if compile is None else compile, device)
     static_shapes = static_shapes or mode is not None
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    decode_static = _compiled_decode_step(model, mode) if mode else model.decode_step_static
+    decode_static = _compiled_decode_step(model, mode) if mode else model.decode_step
 
     def embed(ids, keep=None):                                                       # (B, n) -> (nB, n, dim)
         e = model.tok_embeddings(ids)
@@ -211,7 +193,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     x = [cls_emb]
     f = [cls_freqs]
     if K:
-        x.append(interleave(queries[:, :K], embed(known_tokens, known_token_keep)))
+        x.append(interleave(queries[:, :K], embed(known_tokens, guidance.known_token_keep)))
         f.append(interleave(token_freqs[:, :K], token_freqs[:, :K]))
         result[:, :K] = known_tokens
     x.append(queries[:, K:K + first])
@@ -226,8 +208,9 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
             if static_shapes and step > 0:
                 logits = decode_in_pieces(decode_static, x, f, start, n, chunk_size)
             else:
-                logits = model.decode_step(x, f, start, n)                           # (nB, n, V)
-            logits = combine(list(logits.chunk(n_branch)), a / N)                    # (B, n, V)
+                pos = torch.arange(start, start + x.shape[1], device=device)
+                logits = model.decode_step(x, f, pos, n)                             # (nB, n, V)
+            logits = guidance.combine(list(logits.chunk(n_branch)), a / N)                    # (B, n, V)
             if seeds is not None:
                 u = counter_uniform(seeds.to(device), torch.arange(a, a + n, device=device))
             else:

@@ -19,16 +19,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from RandAR.model.generate import default_steps, generate
+from RandAR.model.guidance import class_cfg
+from RandAR.model.orders import random_orders
 from RandAR.model.rope import apply_rotary_emb, precompute_freqs_cis_2d
+from RandAR.model.sequence import interleave
 
 
 def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
-
-
-def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, n, ...) and (B, n, ...) -> (B, 2n, ...) as a_1, b_1, a_2, b_2, ..."""
-    return torch.stack([a, b], dim=2).flatten(1, 2)
 
 
 class RMSNorm(nn.Module):
@@ -100,7 +99,7 @@ class KVCache(nn.Module):
     reused across generation calls. Non-persistent buffers: never in the state dict, and torch.compile treats
     them as fixed addresses, which CUDA graphs need for a cache written in place.
 
-    Slots are sequence indices (not RoPE positions): the caller writes each chunk at [start, start + S).
+    Slots are sequence indices (not RoPE positions): the caller writes each chunk at its slots.
     """
 
     def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
@@ -109,21 +108,12 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, n_kv, S, hd) and return the keys/values to attend to.
-
-        pos int: slots [pos, pos + S); returns slots [0, pos + S) (shapes change per step).
-        pos LongTensor (S,): those slots; returns the whole cache (static shapes, for torch.compile).
-        k, v are cast to the cache's dtype (autocast computes them in bf16 while the cache has the weights' dtype).
-        """
-        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if isinstance(pos, int):
-            end = pos + k.shape[2]
-            self.k[:, :, pos:end] = k
-            self.v[:, :, pos:end] = v
-            return self.k[:, :, :end], self.v[:, :, :end]
-        self.k.index_copy_(2, pos, k)
-        self.v.index_copy_(2, pos, v)
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, n_kv, S, hd) at slots pos (S,) and return the whole cache (fixed shapes, for
+        torch.compile). k, v are cast to the cache's dtype (autocast computes them in bf16 while the cache has
+        the weights' dtype)."""
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
         return self.k, self.v
 
 
@@ -145,8 +135,8 @@ class Attention(nn.Module):
         """x (B, S, dim), freqs_cis (B, S, head_dim/2, 2).
 
         cache_pos None: causal self-attention over x (training; a cache left from generation is ignored).
-        Otherwise write this chunk's keys and values at `cache_pos` (see KVCache.update) and attend to what it
-        returns under `mask` (S, slots), or to all of it when mask is None.
+        Otherwise write this chunk's keys and values at slots `cache_pos` (S,) and attend to the whole cache
+        under `mask` (S, slots).
         """
         B, S, _ = x.shape
         kv = self.n_kv_head * self.head_dim
@@ -191,10 +181,10 @@ class TransformerBlock(nn.Module):
 class RandARTransformer(nn.Module):
     """The RandAR class-conditional GPT (constructor arguments = the `ar_model.params` of the official configs).
 
-    Inert arguments, accepted because the official configs pass them: `caption_dim` (text-to-image only, not
-    implemented), `max_batch_size` and `max_seq_len` (the KV cache is sized per generation call),
-    `zero_class_qk` (the class token's query and key are always zero: its RoPE rows are zero, and the
-    checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
+    The official configs' `caption_dim`, `max_batch_size`, `max_seq_len` and `zero_class_qk` are not arguments:
+    the config schema accepts them and `build_randar` drops them (text-to-image is not implemented, the KV cache
+    is sized per generation call, and the class token's query and key are always zero: its RoPE rows are zero,
+    and the checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
     the default step count of `generate`, and the attribute `compile_decoding` (False; the tools' `--compile`
     sets it) the default of its `compile`. `position_order` ("random" or "raster") picks the training order
     when none is given.
@@ -202,10 +192,9 @@ class RandARTransformer(nn.Module):
 
     def __init__(self, dim=4096, n_layer=32, n_head=32, n_kv_head=None, multiple_of=256, ffn_dim_multiplier=None,
                  rope_base=10000, norm_eps=1e-5, initializer_range=0.02, token_dropout_p=0.1, attn_dropout_p=0.0,
-                 resid_dropout_p=0.1, ffn_dropout_p=0.1, drop_path_rate=0.0, num_classes=1000, caption_dim=2048,
+                 resid_dropout_p=0.1, ffn_dropout_p=0.1, drop_path_rate=0.0, num_classes=1000,
                  class_dropout_prob=0.1, model_type="c2i", vocab_size=16384, cls_token_num=1, block_size=256,
-                 max_batch_size=32, max_seq_len=2048, position_order="random", num_inference_steps=88,
-                 zero_class_qk=True, grad_checkpointing=True):
+                 position_order="random", num_inference_steps=88, grad_checkpointing=True):
         super().__init__()
         if model_type != "c2i":
             raise NotImplementedError(f"model_type={model_type!r}: only class-conditional ('c2i') models are supported")
@@ -266,7 +255,7 @@ class RandARTransformer(nn.Module):
         """(B, N) orders: one uniform random permutation per sample (drawn for the batch at once), or raster."""
         if self.position_order == "raster":
             return torch.arange(self.block_size, device=device).expand(batch, -1).contiguous()
-        return torch.rand(batch, self.block_size, device=device, generator=generator).argsort(dim=1)
+        return random_orders(batch, self.block_size, device, generator)
 
     def position_instruction_tokens(self, token_freqs: torch.Tensor) -> torch.Tensor:
         """token_freqs (B, n, head_dim/2, 2), the RoPE of each target position -> (B, n, dim)."""
@@ -279,12 +268,12 @@ class RandARTransformer(nn.Module):
 
     # ---- training ------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, cond_idx: torch.Tensor, token_order: Optional[torch.Tensor] = None,
-                targets: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None):
+                targets: Optional[torch.Tensor] = None):
         """Teacher-forced pass.
 
         idx (B, N) token ids in raster order; cond_idx (B,) class ids (num_classes = null class);
         token_order (B, N) permutation per sample (drawn when None); targets (B, N) raster-order ids for the
-        loss (usually idx); valid (B,) optional per-sample loss weights (e.g. a bool mask).
+        loss (usually idx).
         Returns (token_logits (B, N, V) in generation order, loss or None, token_order).
         """
         B = idx.shape[0]
@@ -307,11 +296,7 @@ class RandARTransformer(nn.Module):
         if targets is not None:
             ordered_targets = targets.gather(1, token_order)
             per_token = F.cross_entropy(token_logits.flatten(0, 1), ordered_targets.flatten(), reduction="none")
-            if valid is None:
-                loss = per_token.mean()
-            else:
-                w = valid.to(per_token.dtype).reshape(B, 1).expand(B, ordered_targets.shape[1]).flatten()
-                loss = (per_token * w).sum() / w.sum().clamp_min(1.0)
+            loss = per_token.mean()
         return token_logits, loss, token_order
 
     # ---- generation ----------------------------------------------------------------------------------
@@ -343,42 +328,27 @@ class RandARTransformer(nn.Module):
         self.detach_caches()
         self.__dict__.get("_kv_caches", {}).clear()
 
-    def decode_step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_start: int, num_logits: int) -> torch.Tensor:
-        """One cached forward of a chunk x (B, S, dim) written at slots [cache_start, cache_start + S).
+    def decode_step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_pos: torch.Tensor,
+                    num_logits: Optional[int] = None) -> torch.Tensor:
+        """One cached forward of a chunk x (B, S, dim) written at slots cache_pos (S,), consecutive.
 
-        Each slot attends to itself and all earlier slots. Returns the logits (B, num_logits, V) of the last
-        num_logits positions (the query tokens), the only ones generation uses.
-        """
-        S = x.shape[1]
-        mask = None
-        if S > 1:
-            end = cache_start + S
-            mask = torch.arange(end, device=x.device)[None, :] <= torch.arange(cache_start, end, device=x.device)[:, None]
-        h = x
-        for layer in self.layers:
-            h = layer(h, freqs_cis, cache_start, mask)
-        return self.logits(h[:, S - num_logits:])
-
-    def decode_step_static(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_pos: torch.Tensor) -> torch.Tensor:
-        """decode_step with shapes that never change, so torch.compile (and CUDA graphs) build it once per batch.
-
-        x (B, C, dim) is a fixed-size piece of a chunk (zero-padded at the end); cache_pos (C,) its slots
-        (consecutive). Padding rows write past the real chunk, where nothing attends before a later step
-        overwrites them. Every row attends to the whole cache under a causal mask. Returns the logits of all
-        C rows (B, C, V); the caller keeps the query rows.
+        Each row attends to its own slot and every earlier one, over the whole cache under a mask, so the shapes
+        depend only on (B, S) and the cache: torch.compile (and CUDA graphs) build it once per batch when the
+        decoding loop feeds fixed-size pieces (rows past the real chunk, zero-padded, write slots that nothing
+        attends to before a later step overwrites them). Returns the logits (B, num_logits, V) of the last
+        num_logits rows (the query tokens), or of all S rows when None.
         """
         slots = torch.arange(self.layers[0].attention.kv_cache.k.shape[2], device=x.device)
-        mask = slots[None, :] <= cache_pos[:, None]                                    # (C, max_len)
+        mask = slots[None, :] <= cache_pos[:, None]                                    # (S, max_len)
         h = x
         for layer in self.layers:
             h = layer(h, freqs_cis, cache_pos, mask)
-        return self.logits(h)
+        return self.logits(h if num_logits is None else h[:, h.shape[1] - num_logits:])
 
     def generate(self, cond, token_order=None, cfg_scales=(1.0, 1.0), num_inference_steps=None, temperature=1.0,
                  top_k=0, top_p=1.0, **kwargs):
-        """Sample token ids (B, block_size) in raster order. See `RandAR.model.generate.generate`."""
-        from RandAR.model.generate import generate
-
-        steps = self.num_inference_steps if num_inference_steps is None else num_inference_steps
-        return generate(self, cond, token_order=token_order, cfg_scales=cfg_scales, num_inference_steps=steps,
-                        temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)
+        """The original release's API: sample token ids (B, block_size) in raster order with class CFG from
+        cfg_scales. `RandAR.model.generate.generate` (the one loop) takes the other arguments."""
+        return generate(self, cond, token_order=token_order, guidance=class_cfg(cond, cfg_scales, self.num_classes),
+                        num_inference_steps=default_steps(self, num_inference_steps), temperature=temperature,
+                        top_k=top_k, top_p=top_p, **kwargs)

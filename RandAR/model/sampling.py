@@ -4,33 +4,9 @@ Randomness enters as uniform numbers (one per token to draw), so the caller deci
 torch's RNG, or `counter_uniform`, a hash of (per-image seed, counter) that makes every image's draws
 independent of the batch it is generated in.
 """
-from typing import Optional
-
 import torch
 
-_MASK64 = (1 << 64) - 1
-
-
-def _to_signed(v: int) -> int:
-    return v - (1 << 64) if v >= (1 << 63) else v
-
-
-_GOLDEN = _to_signed(0x9E3779B97F4A7C15)
-_MIX1 = _to_signed(0xBF58476D1CE4E5B9)
-_MIX2 = _to_signed(0x94D049BB133111EB)
-
-
-def _shift_right(x: torch.Tensor, s: int) -> torch.Tensor:
-    # Logical shift on int64 (torch's >> is arithmetic for negative values).
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def splitmix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 mixer on int64 tensors (a bijection scrambling every bit); products wrap modulo 2**64."""
-    x = x + _GOLDEN
-    x = (x ^ _shift_right(x, 30)) * _MIX1
-    x = (x ^ _shift_right(x, 27)) * _MIX2
-    return x ^ _shift_right(x, 31)
+from RandAR.utils.seeding import splitmix64
 
 
 def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
@@ -39,7 +15,7 @@ def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor
     The value for (seed, counter) never depends on which other rows or counters are in the call.
     """
     x = splitmix64(splitmix64(seeds.long()[:, None]) ^ counters.long()[None, :])
-    return _shift_right(x, 40).float() / float(1 << 24)
+    return ((x >> 40) & ((1 << 24) - 1)).float() / float(1 << 24)  # top 24 bits (logical shift)
 
 
 def top_k_top_p_filter(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -71,12 +47,3 @@ def sample_from_probs(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tenso
     u = uniform.unsqueeze(-1) * cdf[..., -1:]  # scale by the total so round-off never runs past the end
     idx = (cdf <= u).sum(-1)
     return idx.clamp_max(probs.shape[-1] - 1)
-
-
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           uniform: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """logits (..., V) -> ids (...). `uniform` (...) supplies the randomness; else torch's RNG (or `generator`)."""
-    probs = logits_to_probs(logits, temperature, top_k, top_p)
-    if uniform is None:
-        uniform = torch.rand(probs.shape[:-1], device=probs.device, generator=generator)
-    return sample_from_probs(probs, uniform)

@@ -3,16 +3,8 @@
 Export metadata (safetensors header): `format` "randar", `weights` "model" or "ema", `step`, `config` (the whole
 resolved config, JSON) and `ar_model` (its model section, JSON): sampling rebuilds the model from them.
 """
-import json
-
 from RandAR.training.checkpoints import mirror_checkpoint, prune_checkpoints, save_checkpoint
-from RandAR.utils.checkpoint import strip_wrapper_prefixes
-from RandAR.utils.config import to_plain
-
-
-def export_metadata(cfg, step, weights):
-    return {"format": "randar", "weights": weights, "step": str(step), "config": json.dumps(to_plain(cfg)),
-            "ar_model": json.dumps(to_plain(cfg.ar_model))}
+from RandAR.utils.checkpoint import export_metadata, strip_wrapper_prefixes
 
 
 def export_steps(cfg):

@@ -5,12 +5,18 @@ config fails the same way everywhere: with the missing, unexpected and mis-shape
 one of the shipped configs would fit, its name.
 """
 import glob
+import json
 import os
 from typing import Dict, Mapping, Optional
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from RandAR.utils.atomic import atomic_path
+from RandAR.utils.config import to_plain
+from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, check_config
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 # Prefixes added by DDP (`module.`) and torch.compile (`_orig_mod.`); never part of the official keys.
@@ -27,10 +33,40 @@ def load_safetensors(path: str) -> Dict[str, torch.Tensor]:
 
 
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None):
-    """Write to a temporary name, then rename: a crash never leaves a half-written file under `path`."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    """A crash never leaves a half-written file under `path` (RandAR.utils.atomic)."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def export_metadata(config, step: Optional[int] = None, kind: str = "model") -> Dict[str, str]:
+    """Safetensors metadata of a model export: its resolved config (what `export_config` reads back), the
+    ar_model section on its own, the training step and which weights these are ("model" or "ema")."""
+    config = to_plain(config)
+    meta = {"format": "randar", "weights": kind, **({} if step is None else {"step": str(step)}),
+            "config": json.dumps(config)}
+    if "ar_model" in config:
+        meta["ar_model"] = json.dumps(config["ar_model"])
+    return meta
+
+
+def save_export(path: str, state_dict: Mapping[str, torch.Tensor], config, step: Optional[int] = None,
+                kind: str = "model"):
+    """A self-describing model export: weights plus `export_metadata`."""
+    atomic_save_safetensors(state_dict, path, export_metadata(config, step, kind))
+
+
+def export_config(path: str) -> Optional[DictConfig]:
+    """The config an export of `save_export` carries (checked and completed like a YAML config), or None when
+    the file carries none (an official checkpoint, a torch file)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.endswith(".safetensors"):
+        return None
+    with safe_open(path, framework="pt", device="cpu") as f:
+        text = (f.metadata() or {}).get("config")
+    if text is None:
+        return None
+    return check_config(OmegaConf.create(json.loads(text)), f"{path} (the config in its metadata)")
 
 
 def save_model_safetensors(model: torch.nn.Module, path: str, metadata: Optional[Dict[str, str]] = None):
@@ -85,11 +121,11 @@ def _shape_report(model_sd, sd):
     return missing, unexpected, mis_shaped
 
 
-def _meta_shapes(config) -> Dict[str, tuple]:
+def _meta_shapes(config, ignore=()) -> Dict[str, tuple]:
     from RandAR.utils.config import instantiate_from_config
 
     with torch.device("meta"):
-        model = instantiate_from_config(config)
+        model = instantiate_from_config(config, ignore=ignore)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -108,7 +144,7 @@ def suggest_config(state_dict: Mapping[str, torch.Tensor], config_root: str = CO
         for section in ("ar_model", "tokenizer", "model"):
             if section in cfg and "target" in cfg[section]:
                 try:
-                    if _meta_shapes(cfg[section]) == want:
+                    if _meta_shapes(cfg[section], OFFICIAL_UNUSED_KEYS.get(f"{section}.params", ())) == want:
                         return os.path.relpath(path, os.path.dirname(config_root))
                 except Exception:
                     pass

@@ -7,23 +7,38 @@ from omegaconf import DictConfig, OmegaConf
 from RandAR.utils.config_schema import ConfigError, check_config
 
 
+# Module paths that configs, runs' config.yaml, exported checkpoints and codes manifests written before a
+# module moved still name: old target -> current target.
+LEGACY_TARGETS = {
+    "RandAR.model.tokenizer.VQModel": "RandAR.model.tokenizers.llamagen_vq.VQModel",
+    "RandAR.model.maskgit_tokenizer.MaskGITTokenizer": "RandAR.model.tokenizers.maskgit_vqgan.MaskGITTokenizer",
+}
+
+
+def canonical_target(path: str) -> str:
+    """A config `target` under its current module path (compare targets through this)."""
+    return LEGACY_TARGETS.get(path, path)
+
+
 def get_obj_from_str(path: str):
-    """'package.module.Name' -> the object it names."""
-    module, name = path.rsplit(".", 1)
+    """'package.module.Name' (or a LEGACY_TARGETS name) -> the object it names."""
+    module, name = canonical_target(path).rsplit(".", 1)
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ImportError(f"cannot import '{path}' named by a config `target`: {e}") from e
 
 
-def instantiate_from_config(config, **extra_params):
-    """Build `target(**params, **extra_params)` from a `{target, params}` mapping."""
+def instantiate_from_config(config, ignore: Sequence[str] = (), **extra_params):
+    """Build `target(**params, **extra_params)` from a `{target, params}` mapping, leaving out the params named
+    in `ignore` (keys a config may carry that the class does not take)."""
     if "target" not in config:
         raise KeyError(f"expected a `target` key to instantiate, got keys {list(config.keys())}")
     params = config.get("params", None) or {}
     if isinstance(params, DictConfig):
         params = OmegaConf.to_container(params, resolve=True)
-    return get_obj_from_str(config["target"])(**dict(params), **extra_params)
+    params = {k: v for k, v in dict(params).items() if k not in ignore}
+    return get_obj_from_str(config["target"])(**params, **extra_params)
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:

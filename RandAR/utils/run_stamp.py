@@ -13,6 +13,8 @@ import os
 import shutil
 from typing import Any, Dict, List, Sequence
 
+from RandAR.utils.atomic import write_json
+
 FINGERPRINT_CHUNKS = 8  # evenly spread reads, the first and last bytes included
 FINGERPRINT_CHUNK_BYTES = 1 << 20  # 8 MB read in all, however large the checkpoint
 MAX_SHOWN_DIFFERENCES = 6  # keeps a mismatch error to one readable line
@@ -36,15 +38,6 @@ def file_fingerprint(path: str) -> str:
                 f.seek(k * last // (FINGERPRINT_CHUNKS - 1))
                 digest.update(f.read(FINGERPRINT_CHUNK_BYTES))
     return f"{size}:{digest.hexdigest()[:32]}"
-
-
-def write_json_atomic(obj, path: str):
-    """Write to a temporary name, then rename: `path` never holds half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
@@ -103,5 +96,5 @@ def claim(stamp_path: str, stamp: dict, outputs: Sequence[str] = (), force: bool
         raise StampMismatchError(f"{stamp_path} records another {what} ({diff}); {fix}")
     if force:
         remove_outputs([*outputs, stamp_path])
-    write_json_atomic(stamp, stamp_path)
+    write_json(stamp, stamp_path)
     return False

@@ -1,4 +1,4 @@
-"""Images in and out of the editing tools (tools/inpaint.py, tools/outpaint.py).
+"""Images in and out of the sampling and editing tools (PNG writes; inputs and masks of inpaint/outpaint).
 
 Conventions:
 - Input images: any mode PIL opens; non-RGB images are converted with PIL's `convert("RGB")` (grey and palette
@@ -9,13 +9,15 @@ Conventions:
   regenerated when any pixel of its patch is (even partly) white after the crop.
 """
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from RandAR.dataset.augmentation import center_crop_arr, to_tokenizer_input
+from RandAR.utils.atomic import atomic_path
+from RandAR.utils.images import image_row
 
 MASK_THRESHOLD = 128
 GREY = 128  # how regenerated cells are shown in the comparison panels
@@ -84,21 +86,10 @@ def grey_out(image: np.ndarray, regenerate: torch.Tensor, patch: int) -> np.ndar
     return out
 
 
-def side_by_side(panels: Sequence[np.ndarray], pad: int = 4) -> np.ndarray:
-    """uint8 (H, W, 3) images of one height, left to right on a white background."""
-    h = max(p.shape[0] for p in panels)
-    width = sum(p.shape[1] for p in panels) + pad * (len(panels) + 1)
-    strip = np.full((h + 2 * pad, width, 3), 255, dtype=np.uint8)
-    x = pad
-    for p in panels:
-        strip[pad:pad + p.shape[0], x:x + p.shape[1]] = p
-        x += p.shape[1] + pad
-    return strip
-
-
 def save_png(image: np.ndarray, path: str) -> str:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(image).save(path)
+    """uint8 (H, W, 3) -> `path`, atomically: a killed run never leaves a truncated PNG that a resume would keep."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
     return path
 
 
@@ -106,5 +97,5 @@ def save_results(results: np.ndarray, panels: List[np.ndarray], out_dir: str, st
     """results uint8 (S, H, W, 3) -> <out_dir>/<stem>_{i:03d}.png each, and <stem>_comparison.png: the given
     panels (input, mask) then every result. Returns the paths written."""
     paths = [save_png(r, os.path.join(out_dir, f"{stem}_{i:03d}.png")) for i, r in enumerate(results)]
-    paths.append(save_png(side_by_side(list(panels) + list(results)), os.path.join(out_dir, f"{stem}_comparison.png")))
+    paths.append(save_png(image_row(list(panels) + list(results)), os.path.join(out_dir, f"{stem}_comparison.png")))
     return paths

@@ -10,7 +10,7 @@ RandAR ships two tokenizers with the same surface, so that scripts never test a 
     decode_codes(codes)         [B, h*w] (square grid) or [B, h, w] -> float images [B, 3, H, W]
     decode_codes_to_img(codes, image_size) -> uint8 numpy [B, size, size, 3], each with its own pixel mapping
 
-`VQModel` (LlamaGen, RandAR/model/tokenizer.py) and `MaskGITTokenizer` (RandAR/model/maskgit_tokenizer.py)
+`VQModel` (LlamaGen, tokenizers/llamagen_vq.py) and `MaskGITTokenizer` (MaskGIT's VQGAN, tokenizers/maskgit_vqgan.py)
 implement it; `build_tokenizer` turns a `{target, params}` config into a loaded model.
 """
 import math

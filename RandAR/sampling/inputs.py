@@ -1,0 +1,111 @@
+"""The inputs of a sampling run (config and checkpoints), checked before anything is built, and the models.
+
+The config comes from --config, or from the RandAR checkpoint itself: training's exports carry the config they
+were trained with (RandAR.utils.checkpoint.export_config). With both, their ar_model and tokenizer sections
+must agree.
+"""
+import difflib
+import glob
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+import torch
+
+from RandAR.model.builder import build_randar
+from RandAR.model.tokenizers import build_tokenizer
+from RandAR.sampling.spec import PRECISIONS, SamplingSpec, resolve_precision
+from RandAR.utils.checkpoint import export_config
+from RandAR.utils.config import load_config, to_plain
+from RandAR.utils.distributed import allow_tf32
+from RandAR.utils.run_stamp import differences_text, file_fingerprint
+
+CHECKED_SECTIONS = ("ar_model", "tokenizer")  # what --config must agree with in a checkpoint's own config
+
+
+def resolve_config_path(path: str) -> str:
+    """`path` if it exists; else an error naming the closest shipped configs."""
+    if os.path.isfile(path):
+        return path
+    folder = os.path.dirname(path) or "."
+    candidates = sorted(glob.glob(os.path.join(folder if os.path.isdir(folder) else "configs/randar", "*.yaml")))
+    close = difflib.get_close_matches(path, candidates, n=3, cutoff=0.3)
+    raise FileNotFoundError(f"config {path} not found" + (f"; did you mean {' or '.join(close)}?" if close else "")
+                            + (f" (available: {', '.join(candidates)})" if candidates else ""))
+
+
+def ckpt_name(path: str) -> str:
+    """Checkpoint file name without its extension, for run names."""
+    name = os.path.basename(path)
+    for ext in (".safetensors", ".pth", ".pt", ".bin"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def resolve_config(config, config_path: Optional[str], gpt_ckpt: str):
+    """The run's config: `config` (loaded from --config), checked against the checkpoint's own config when it
+    carries one; without --config (config None), the checkpoint's."""
+    carried = export_config(gpt_ckpt)
+    if config is None:
+        if carried is None:
+            raise ValueError(f"{gpt_ckpt} carries no config (e.g. an official checkpoint): pass --config")
+        return carried
+    if carried is not None:
+        given = {k: to_plain(config.get(k)) for k in CHECKED_SECTIONS}
+        diff = differences_text({k: to_plain(carried.get(k)) for k in CHECKED_SECTIONS}, given)
+        if diff:
+            raise ValueError(f"--config {config_path} does not match the config {gpt_ckpt} was trained with "
+                             f"({diff.replace(' there,', ' in the checkpoint,')}); drop --config to use the "
+                             f"checkpoint's")
+    return config
+
+
+@dataclass(frozen=True)
+class SamplingInputs:
+    """The checked config (resolved) and checkpoint paths of a sampling run, with content fingerprints."""
+    config: Any
+    gpt_ckpt: str
+    vq_ckpt: str
+    fingerprints: Dict[str, str]
+
+
+def check_inputs(config_path: Optional[str], gpt_ckpt: str, vq_ckpt: Optional[str] = None) -> SamplingInputs:
+    """Everything about the inputs that can be checked without building a model: that the config, the RandAR
+    checkpoint and the tokenizer's (vq_ckpt, or the config's) exist and that the config's tokenizer and model
+    agree."""
+    config = load_config(resolve_config_path(config_path)) if config_path else None
+    if not os.path.isfile(gpt_ckpt):
+        raise FileNotFoundError(f"--gpt-ckpt {gpt_ckpt} not found")
+    config = resolve_config(config, config_path, gpt_ckpt)
+    source = config_path or f"the config of {gpt_ckpt}"
+    vq = vq_ckpt or config.get("vq_ckpt")
+    if not vq:
+        raise ValueError(f"pass --vq-ckpt: {source} names no vq_ckpt")
+    if not os.path.isfile(vq):
+        what = "--vq-ckpt" if vq_ckpt else "the config's vq_ckpt"
+        raise FileNotFoundError(f"{what} {vq} not found")
+    vocab = config.get("ar_model", {}).get("params", {}).get("vocab_size")
+    codebook = config.get("tokenizer", {}).get("params", {}).get("codebook_size")
+    if vocab is not None and codebook is not None and vocab != codebook:
+        raise ValueError(f"{source}: ar_model vocab_size {vocab} != tokenizer codebook_size {codebook}")
+    return SamplingInputs(config, gpt_ckpt, vq, {"gpt_ckpt": file_fingerprint(gpt_ckpt),
+                                                 "vq_ckpt": file_fingerprint(vq)})
+
+
+def run_stamp_of(inputs: SamplingInputs, spec: SamplingSpec) -> Dict[str, Any]:
+    """What decides a run's pixels: both checkpoints' contents, the resolved config, every sampling setting."""
+    return {**inputs.fingerprints, "config": to_plain(inputs.config), "sampling": asdict(spec)}
+
+
+def load_models(inputs: SamplingInputs, device: torch.device, precision: Optional[str] = None,
+                compile: bool = False):
+    """(RandAR model in eval mode in `precision`, tokenizer in float32), both strictly loaded. compile: the
+    model's default for generate's `compile` (the tools' --compile)."""
+    if device.type == "cuda":
+        allow_tf32()  # as the original sampler
+    dtype = PRECISIONS[resolve_precision(precision, device)]
+    model = build_randar(inputs.config, inputs.gpt_ckpt, device=device, dtype=dtype).eval()
+    model.compile_decoding = compile
+    tokenizer = build_tokenizer(inputs.config.tokenizer, inputs.vq_ckpt, device=device)
+    return model, tokenizer
