@@ -56,8 +56,9 @@ def resolve_config(args):
             OmegaConf.update(cfg, key, getattr(args, flag), merge=False)
     if args.wandb_offline:
         cfg.wandb_offline = True
-    mp = str(cfg.accelerator.mixed_precision)
-    OmegaConf.update(cfg, "accelerator.mixed_precision", "no" if mp.lower() in ("none", "no", "fp32") else mp)
+    mp = str(cfg.accelerator.mixed_precision)  # YAML reads an unquoted `no` as false
+    OmegaConf.update(cfg, "accelerator.mixed_precision",
+                     "no" if mp.lower() in ("none", "no", "false", "fp32") else mp)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{args.config}: training needs {', '.join(missing)} (set in the YAML or as key=value)")

@@ -166,6 +166,21 @@ def test_train_stops_before_writing_anything(tmp_path, case):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("value", ["no", "none", "fp32", "'no'"])
+def test_mixed_precision_no_survives_yaml(value, tmp_path):
+    """`accelerator.mixed_precision=no` (what the quickstart passes when the CPU is slow at bf16): YAML reads an
+    unquoted no as false, which must still mean no mixed precision."""
+    args = train_c2i.parse_args(["--exp-name", "x", "--config", TINY, f"accelerator.mixed_precision={value}"])
+    assert train_c2i.resolve_config(args).accelerator.mixed_precision == "no"
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(open(TINY).read() + "\n")
+    cfg = OmegaConf.load(yaml)
+    cfg.accelerator.mixed_precision = False  # `mixed_precision: no` in a YAML file
+    OmegaConf.save(cfg, yaml)
+    args = train_c2i.parse_args(["--exp-name", "x", "--config", str(yaml)])
+    assert train_c2i.resolve_config(args).accelerator.mixed_precision == "no"
+
+
 def test_train_user_error_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "train_c2i.py", *train_argv(tmp_path, "--data-path", str(tmp_path / "nope"))],
                        cwd=ROOT, capture_output=True, text=True, timeout=120,
