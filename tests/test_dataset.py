@@ -333,14 +333,18 @@ def _manifest(root, tokenizer_target):
                                  code_length=16), f)
 
 
-def test_manifest_tokenizer_target_compares_classes_not_strings(tmp_path):
-    """A folder extracted when its class lived under another module path fits; another tokenizer does not."""
+def test_manifest_tokenizer_target_compares_canonical_targets(tmp_path):
+    """A folder extracted when its tokenizer lived under an older module path (LEGACY_TARGETS) fits a config naming
+    the new path, and the reverse; another tokenizer does not."""
     root = str(tmp_path / "codes")
-    _manifest(root, "RandAR.dataset.imagenet.INatLatentDataset")  # the same class as the one below, re-exported
-    check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.dataset.latent.INatLatentDataset")
-    _manifest(root, "RandAR.model.tokenizer.VQModel")
-    with pytest.raises(ValueError, match="tokenizer_target 'RandAR.model.tokenizer.VQModel'"):
+    _manifest(root, "RandAR.model.tokenizer.VQModel")  # the old path of the LlamaGen VQ
+    check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.model.tokenizers.llamagen_vq.VQModel")
+    check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.model.tokenizer.VQModel")
+    with pytest.raises(ValueError, match="tokenizer_target 'RandAR.model.tokenizers.llamagen_vq.VQModel'"):
         check_codes_fit(root, vocab_size=64, block_size=16,
                         tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer")
-    with pytest.raises(ValueError, match="tokenizer_target"):  # a target that no longer imports is not equal
+    _manifest(root, "RandAR.model.tokenizers.maskgit_vqgan.MaskGITTokenizer")
+    check_codes_fit(root, vocab_size=64, block_size=16,
+                    tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer")
+    with pytest.raises(ValueError, match="tokenizer_target"):  # an unknown target is not equal to a known one
         check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.model.gone.VQModel")

@@ -12,7 +12,8 @@ from RandAR.model.tokenizers.maskgit_vqgan import MaskGITTokenizer
 from RandAR.model.tokenizers.llamagen_vq import VQModel
 from RandAR.model.tokenizers import build_tokenizer, resize_square
 from RandAR.utils.checkpoint import CheckpointMismatchError
-from RandAR.utils.config import canonical_target, instantiate_from_config
+from RandAR.utils.config import instantiate_from_config
+from RandAR.utils.targets import canonical_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")

@@ -5,7 +5,8 @@ import os
 from typing import Callable, Optional
 
 from RandAR.dataset.imagenet import ImageFolderDataset, ImageTarDataset
-from RandAR.utils.config import get_obj_from_str, to_plain
+from RandAR.utils.config import to_plain
+from RandAR.utils.targets import get_obj_from_str
 
 IMAGE_DATASETS = ("imagenet", "folder")
 

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from RandAR.utils.config import canonical_target
+from RandAR.utils.targets import canonical_target
 
 NUM_CHECKED_FILES = 64  # files read at start-up to catch a wrong archive before training starts
 MANIFEST_NAME = "manifest.json"
@@ -65,6 +65,7 @@ def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size:
         return
     if manifest.get("tokenizer_target"):  # codes extracted before a tokenizer module moved name its old path
         manifest = {**manifest, "tokenizer_target": canonical_target(manifest["tokenizer_target"])}
+    tokenizer_target = tokenizer_target and canonical_target(tokenizer_target)
     # manifest key: (what the model calls it, the model's value)
     expected = {"codebook_size": ("vocab_size", vocab_size), "code_length": ("block_size", block_size),
                 "tokenizer_target": ("tokenizer target", tokenizer_target), "split": ("training split", split)}
@@ -86,7 +87,7 @@ def check_codes_for_config(cfg):
     params = cfg.get("ar_model", {}).get("params", {})
     target = cfg.get("tokenizer", {}).get("target")
     check_codes_fit(root_dir, vocab_size=params.get("vocab_size"), block_size=params.get("block_size"),
-                    tokenizer_target=target and canonical_target(target), split="train")
+                    tokenizer_target=target, split="train")
 
 
 class INatLatentDataset(torch.utils.data.Dataset):

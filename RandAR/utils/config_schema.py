@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from RandAR.utils.targets import get_obj_from_str
+
 # Keys of the official configs (ziqipang/RandAR) that this code reads from nowhere, accepted so that those
 # configs load unchanged. Top level: the original took the experiment name, initial weights and FID settings
 # from flags (exp_name, gpt_ckpt) or never read them (resume_from, fid_*). ar_model.params: arguments of
@@ -156,8 +158,6 @@ def _unknown(source: str, full_key: str, valid: Sequence[str]) -> ConfigError:
 
 def constructor_arguments(target: str) -> Optional[List[str]]:
     """The keyword arguments the class `target` accepts, or None when it takes **kwargs (anything goes)."""
-    from RandAR.utils.config import get_obj_from_str
-
     params = inspect.signature(get_obj_from_str(target)).parameters.values()
     if any(p.kind == p.VAR_KEYWORD for p in params):
         return None
