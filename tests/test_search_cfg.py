@@ -193,3 +193,21 @@ def test_other_checkpoint_of_the_same_name_does_not_resume(setup, counters, tmp_
     counters["evaluated"].clear()
     search.main(argv_other)  # the same inputs: everything is recorded, nothing to do
     assert counters["sampled"] == 0 and counters["evaluated"] == []
+
+
+def test_results_record_the_adm_backend(monkeypatch, tmp_path):
+    """Numbers of the tf and the torch backend are not mixed in one results file (they agree to about 1e-6,
+    not bit for bit); other evaluators have no backend."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(search, "run_stamp_of", lambda inputs, spec: {"sampling": {"cfg_scales": (1.0, 2.0)}})
+    (tmp_path / "ref.npz").write_bytes(b"ref")
+    args = SimpleNamespace(exp_name="x", num_fid_samples_search=8, ref_path=str(tmp_path / "ref.npz"),
+                           evaluator="adm", evaluator_path=None, eval_backend="tf")
+    tf_settings = search.run_settings(args, None, None)
+    path = str(tmp_path / "search.json")
+    search.write_json(search.load_results(path, tf_settings), path)
+    args.eval_backend = "torch"
+    with pytest.raises(search.StampMismatchError, match="eval_backend"):
+        search.load_results(path, search.run_settings(args, None, None))
+    args.evaluator = "tiny_extractor.MeanColor"
+    assert search.run_settings(args, None, None)["eval_backend"] is None

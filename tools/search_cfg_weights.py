@@ -115,7 +115,8 @@ def run_settings(args, inputs, spec) -> dict:
     evaluator_file = args.evaluator_path if args.evaluator_path and os.path.isfile(args.evaluator_path) else None
     s.update(exp_name=args.exp_name, num_fid_samples_search=args.num_fid_samples_search,
              ref_path=file_fingerprint(args.ref_path), evaluator=args.evaluator,
-             evaluator_path=file_fingerprint(evaluator_file) if evaluator_file else None)
+             evaluator_path=file_fingerprint(evaluator_file) if evaluator_file else None,
+             eval_backend=args.eval_backend if args.evaluator == "adm" else None)  # torch and tf agree to ~1e-6
     return s
 
 
