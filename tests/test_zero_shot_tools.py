@@ -195,6 +195,21 @@ def test_tools_read_the_config_from_the_export(export, images, tmp_path):
     assert np.array_equal(read(tmp_path / "c" / "in_inpaint_000.png"), read(tmp_path / "d" / "in_inpaint_000.png"))
 
 
+def test_export_of_older_spelling_fits_the_config(export, tmp_path):
+    """A checkpoint whose carried config names the tokenizer by its old module path and has the official unused
+    ar_model keys (what earlier versions of this code exported) fits the shipped config: same classes, same model."""
+    carried = load_config(CONFIG)
+    carried.tokenizer.target = "RandAR.model.tokenizer.VQModel"
+    carried.ar_model.params.zero_class_qk = True
+    old = str(tmp_path / "old.safetensors")
+    save_export(old, load_file(export), OmegaConf.to_container(carried), step=10)
+    assert inputs.resolve_config(load_config(CONFIG), CONFIG, old) == load_config(CONFIG)
+    carried.ar_model.params.num_inference_steps = 7  # a real difference still stops it
+    save_export(old, load_file(export), OmegaConf.to_container(carried), step=10)
+    with pytest.raises(ValueError, match=r"ar_model\.params\.num_inference_steps: 7 in the checkpoint, 6 now\)"):
+        inputs.resolve_config(load_config(CONFIG), CONFIG, old)
+
+
 def test_config_that_differs_from_the_export_is_an_error(export, tmp_path):
     text = open(CONFIG).read()
     assert "num_inference_steps: 6" in text

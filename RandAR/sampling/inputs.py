@@ -17,8 +17,10 @@ from RandAR.model.tokenizers import build_tokenizer
 from RandAR.sampling.spec import PRECISIONS, SamplingSpec, resolve_precision
 from RandAR.utils.checkpoint import export_config
 from RandAR.utils.config import load_config, to_plain
+from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS
 from RandAR.utils.distributed import allow_tf32
 from RandAR.utils.run_stamp import differences_text, file_fingerprint
+from RandAR.utils.targets import canonical_target
 
 CHECKED_SECTIONS = ("ar_model", "tokenizer")  # what --config must agree with in a checkpoint's own config
 
@@ -43,6 +45,19 @@ def ckpt_name(path: str) -> str:
     return name
 
 
+def model_sections(config) -> Dict[str, Any]:
+    """The sections --config must agree on, as they decide the model: targets under their current module path,
+    without the official keys no class reads (a checkpoint trained with either spelling fits either config)."""
+    sections = {k: to_plain(config.get(k)) for k in CHECKED_SECTIONS}
+    for section in sections.values():
+        if isinstance(section, dict) and section.get("target"):
+            section["target"] = canonical_target(section["target"])
+    params = (sections.get("ar_model") or {}).get("params") or {}
+    for key in OFFICIAL_UNUSED_KEYS["ar_model.params"]:
+        params.pop(key, None)
+    return sections
+
+
 def resolve_config(config, config_path: Optional[str], gpt_ckpt: str):
     """The run's config: `config` (loaded from --config), checked against the checkpoint's own config when it
     carries one; without --config (config None), the checkpoint's."""
@@ -52,8 +67,7 @@ def resolve_config(config, config_path: Optional[str], gpt_ckpt: str):
             raise ValueError(f"{gpt_ckpt} carries no config (e.g. an official checkpoint): pass --config")
         return carried
     if carried is not None:
-        given = {k: to_plain(config.get(k)) for k in CHECKED_SECTIONS}
-        diff = differences_text({k: to_plain(carried.get(k)) for k in CHECKED_SECTIONS}, given)
+        diff = differences_text(model_sections(carried), model_sections(config))
         if diff:
             raise ValueError(f"--config {config_path} does not match the config {gpt_ckpt} was trained with "
                              f"({diff.replace(' there,', ' in the checkpoint,')}); drop --config to use the "
