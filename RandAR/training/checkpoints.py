@@ -67,7 +67,9 @@ def clear_temporaries(folder: str):
     """Remove what an interrupted save or copy left behind (call when no save is running)."""
     if os.path.isdir(folder):
         for name in os.listdir(folder):
-            if name.startswith(TMP) or ".tmp." in name:  # ours, atomic_path's and atomic_save_safetensors'
+            # TMP: an unfinished checkpoint folder; ".tmp.": atomic_path's temporaries (atomic.is_temporary) and
+            # the `<file>.tmp.<pid>` names that runs of earlier versions left
+            if name.startswith(TMP) or ".tmp." in name:
                 path = os.path.join(folder, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
