@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 
 from RandAR.applications.editing import generate_with_known, known_from_pixel_mask, place_region, region_box
 from RandAR.applications.orders import known_first_order, subgrid_first_order, subgrid_positions
+import RandAR.applications.resolution_extrapolation as extrapolation
 from RandAR.applications.resolution_extrapolation import (extrapolation_rope, generate_resolution_extrapolation,
-                                                          spatial_cfg, spatial_context_keep)
+                                                          second_pass_schedule, spatial_cfg, spatial_context_keep)
 from RandAR.model.builder import build_randar
 from RandAR.model.guidance import class_cfg
 from RandAR.model.orders import random_permutations
@@ -146,6 +147,45 @@ def test_low_res_tokens_are_the_image_generated_first(model):
     assert torch.equal(ids2, ids[2:])
 
 
+def test_extrapolation_matches_the_original(model, monkeypatch):
+    """The original's generate_resolution_extrapolation on the tiny model, 4x4 -> 8x8, greedy
+    (tests/fixtures/randar_tiny_extrapolation.json says how it was made): same token order, same second-pass
+    schedule (it counts the 16 known tokens), same tokens, except those of its last step, which it never samples."""
+    ref = load_file(os.path.join(FIX, "randar_tiny_extrapolation.safetensors"))
+    meta = json.load(open(os.path.join(FIX, "randar_tiny_extrapolation.json")))
+    assert len(meta["cases"]) == 6 and meta["all_cases_fp32_fp64_tokens_identical"]
+    order, B = ref["token_order"], ref["cond"].shape[0]
+    real_generate, second_pass = extrapolation.generate, {}
+
+    def generate_keeping_logits(*args, **kw):  # our decoding loop, also returning the large-grid pass's logits
+        if kw.get("known_tokens") is None:
+            return real_generate(*args, **kw)
+        ids, second_pass["logits"] = real_generate(*args, return_logits=True, **kw)
+        return ids
+
+    monkeypatch.setattr(extrapolation, "generate", generate_keeping_logits)
+    for case in meta["cases"]:
+        name, call = case["case"], dict(case["call"])
+        planned = case["second_pass_tokens_per_step_planned"]
+        assert second_pass_schedule(model, call["num_inference_steps"], 64, 16) == planned, name
+        assert case["second_pass_tokens_per_step_executed"] == planned[:-1]
+        mask = ref.get(f"{name}.spatial_mask_randperm")
+        call = {k: v for k, v in call.items() if k not in ("cond", "token_order")}
+        with monkeypatch.context() as patch:
+            if mask is not None:  # the original's spatial-CFG masks (drawn from torch's global RNG there)
+                def permutations(b, sizes, seeds, generator, mask=mask):
+                    return random_permutations(b, sizes[:2], seeds, generator) + [mask]
+                patch.setattr(extrapolation, "random_permutations", permutations)
+            ids, low = generate_resolution_extrapolation(model, ref["cond"], order, **call)
+        first, decoded = case["generation_order_rows_decoded"]
+        sampled = order[:, :decoded]                                  # every position the original decided
+        assert torch.equal(ids.gather(1, sampled), ref[f"{name}.result_indices"].gather(1, sampled)), name
+        assert bool((ref[f"{name}.result_indices"].gather(1, order[:, decoded:]) == 0).all())  # its unsampled tail
+        assert torch.equal(low, ids.view(B, 8, 8)[:, ::2, ::2].reshape(B, 16))
+        torch.testing.assert_close(second_pass["logits"][:, first:decoded], ref[f"{name}.step_logits"],
+                                   atol=5e-4, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("steps", [-1, 1, 5, 20])
 def test_every_token_is_decoded(model, steps):
     m = no_zero_model(model)
@@ -161,6 +201,12 @@ def test_extrapolation_rejects_bad_settings(model):
         generate_resolution_extrapolation(model, torch.tensor([1]), extrapolation_factor=1.5)
     with pytest.raises(ValueError, match="ntk_boundary"):
         generate_resolution_extrapolation(model, torch.tensor([1]), ntk_boundary=9)
+    sub_first = subgrid_first_order(torch.arange(16)[None], torch.arange(48)[None], 4, 2)
+    for bad in (torch.arange(64)[None], sub_first[:, :63], torch.cat([sub_first[:, :1], sub_first[:, :63]], 1)):
+        with pytest.raises(ValueError, match="token_order must be"):  # not sub-grid first / too short / repeats
+            generate_resolution_extrapolation(model, torch.tensor([1]), bad)
+    with pytest.raises(ValueError, match="tokens_per_step"):
+        extrapolation.generate(model, torch.tensor([1]), tokens_per_step=[1, 14])
 
 
 # ---- inpainting / outpainting --------------------------------------------------------------------------

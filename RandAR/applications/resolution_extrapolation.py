@@ -1,9 +1,10 @@
 """Zero-shot resolution extrapolation: a model trained on a g x g token grid generates an (f*g) x (f*g) one.
 
 1. The low-resolution image: the sub-grid of every f-th row and column, generated first as an ordinary g x g
-   image (the model's own grid and RoPE) in a random order.
+   image (the model's own grid and RoPE), in the order of the sub-grid cells in `token_order` (random if none).
 2. Its tokens go to cells (f*y, f*x) of the large grid and enter the cache as known context, in that same
-   order; the other cells follow in random order with parallel decoding. The large grid's RoPE table mixes
+   order; the other cells follow in `token_order`'s order with parallel decoding, whose cosine schedule counts
+   the known tokens as decoded (`second_pass_schedule`, the original's). The large grid's RoPE table mixes
    extrapolated high frequencies (integer positions 0..f*g-1: local detail keeps its scale) with interpolated
    low ones (positions squeezed into 0..g-1: the layout stays in the trained range), split at `ntk_boundary`.
 3. Guidance: class CFG, and optionally spatial CFG, a third branch whose low-resolution context is partly
@@ -17,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from RandAR.applications.orders import subgrid_first_order, subgrid_positions
-from RandAR.model.generate import generate
+from RandAR.model.generate import default_steps, generate, parallel_decoding_schedule
 from RandAR.model.guidance import Guidance, class_cfg, linear_scale
 from RandAR.model.orders import random_permutations
 from RandAR.model.rope import precompute_freqs_cis_2d_extrapolation
@@ -76,8 +77,32 @@ def spatial_cfg(cond: torch.Tensor, null_class: int, cfg_scales: Sequence[float]
     return Guidance([cond, null, null], combine, [None, None, context_keep.to(cond.device)])
 
 
+def low_res_order(token_order: torch.Tensor, grid: int, factor: int) -> torch.Tensor:
+    """The small grid's generation order (B, g^2) from a large-grid order (B, (f*g)^2), a permutation whose
+    first g^2 positions are the sub-grid cells (f*y, f*x): cell (f*y, f*x) -> small raster position y*g + x."""
+    big, K = grid * factor, grid * grid
+    ok = token_order.ndim == 2 and token_order.shape[1] == big * big
+    if ok:
+        head = token_order[:, :K]
+        y, x = head // big, head % big
+        ok = (torch.equal(token_order.sort(dim=1).values, torch.arange(big * big).expand_as(token_order))
+              and bool(((y % factor == 0) & (x % factor == 0)).all()))
+    if not ok:
+        raise ValueError(f"token_order must be (B, {big * big}): per sample a permutation of the {big}x{big} grid's "
+                         f"positions whose first {K} are the cells of every {factor}-th row and column (the "
+                         f"low-resolution image); got shape {tuple(token_order.shape)}")
+    return (y // factor) * grid + x // factor
+
+
+def second_pass_schedule(model, num_inference_steps: Optional[int], num_tokens: int, num_known: int) -> List[int]:
+    """Tokens per step of the large-grid pass: the original's cosine schedule over all num_tokens tokens with
+    the num_known low-resolution ones counted as decoded (-1: one token per step)."""
+    return parallel_decoding_schedule(num_tokens - num_known, default_steps(model, num_inference_steps), num_known)
+
+
 @torch.no_grad()
-def generate_resolution_extrapolation(model, cond: torch.Tensor, cfg_scales: Sequence[float] = (1.0, 1.0),
+def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = None,
+                                      cfg_scales: Sequence[float] = (1.0, 1.0),
                                       spatial_cfg_scales: Sequence[float] = (1.0, 1.0),
                                       spatial_masking_ratio: float = 0.5, num_inference_steps: int = -1,
                                       extrapolation_factor: int = 2, ntk_boundary: int = 2, temperature: float = 1.0,
@@ -87,10 +112,12 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, cfg_scales: Seq
     """Sample (B, (f*g)^2) token ids of the large grid in raster order, and the (B, g^2) ids of the
     low-resolution image generated first (which sit at cells (f*y, f*x) of the large grid).
 
-    cond (B,) class ids. num_inference_steps: parallel-decoding steps of each pass (the low-resolution image,
-    then the remaining tokens); -1, or at least the token count, decodes one token per step. seeds (B,):
-    per-sample orders, spatial masks and token draws, independent of the batch (the two passes use disjoint
-    counters of the same seed); else `generator` / torch's RNG.
+    cond (B,) class ids. token_order (B, (f*g)^2): the large grid's generation order (raster positions), the
+    g^2 sub-grid cells first (the low-resolution image is generated in that order), then the others; drawn at
+    random when None. num_inference_steps: parallel-decoding steps of each pass (the low-resolution image, then
+    the large grid, whose schedule counts the known tokens: second_pass_schedule); -1, or at least the token
+    count, decodes one token per step. seeds (B,): per-sample orders, spatial masks and token draws, independent
+    of the batch (the two passes use disjoint counters of the same seed); else `generator` / torch's RNG.
     """
     factor = int(extrapolation_factor)
     if factor != extrapolation_factor or factor < 2:
@@ -103,7 +130,11 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, cfg_scales: Seq
         seeds = torch.as_tensor(seeds, dtype=torch.long)
     low_order, rest_perm, mask_perm = random_permutations(B, [g * g, (factor * g) ** 2 - g * g, g * g],
                                                           seeds, generator)
-    order = subgrid_first_order(low_order, rest_perm, g, factor).to(device)
+    if token_order is None:
+        order = subgrid_first_order(low_order, rest_perm, g, factor).to(device)
+    else:
+        order = token_order.to(device)
+        low_order = low_res_order(token_order.cpu(), g, factor)
     low_order = low_order.to(device)
     seeds_dev = None if seeds is None else seeds.to(device)
     sampling = dict(num_inference_steps=num_inference_steps, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -117,7 +148,8 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, cfg_scales: Seq
     known = low_ids.gather(1, low_order)                                                       # (B, g*g)
     guidance = spatial_cfg(cond, model.num_classes, cfg_scales, spatial_cfg_scales,
                            spatial_context_keep(mask_perm, spatial_masking_ratio))
+    schedule = second_pass_schedule(model, num_inference_steps, order.shape[1], g * g)
     ids = generate(model, cond, token_order=order, known_tokens=known, freqs_cis=rope, guidance=guidance,
-                   **sampling)                                                                 # (B, (f*g)^2)
+                   tokens_per_step=schedule, **sampling)                                       # (B, (f*g)^2)
     assert torch.equal(ids[:, subgrid_positions(g, factor).to(device)], low_ids)
     return ids, low_ids

@@ -11,7 +11,7 @@ Applications reuse this loop by choosing the order, a prefix of known tokens, th
 grid for extrapolation) and the guidance (RandAR.model.guidance); they never copy it.
 """
 import math
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -20,21 +20,26 @@ from RandAR.model.sampling import counter_uniform, logits_to_probs, sample_from_
 from RandAR.model.sequence import interleave
 
 
-def parallel_decoding_schedule(num_tokens: int, num_inference_steps: int) -> List[int]:
+def parallel_decoding_schedule(num_tokens: int, num_inference_steps: int, num_known: int = 0) -> List[int]:
     """Tokens decoded at each step: one first, then a cosine ramp so that about `num_inference_steps` steps
     decode all `num_tokens` (-1 or num_tokens: one token per step). Equal to the original's bookkeeping,
     including its edge cases (1 step runs 2: one token, then the rest; more steps than tokens act as one
-    token per step)."""
+    token per step).
+
+    num_known: tokens already known before the first step. The ramp then runs over all num_known + num_tokens
+    tokens and counts the known ones as decoded (-1 = one step per token of that total), as the original's
+    resolution extrapolation does: steps decode one token each until the ramp passes the known tokens."""
     if num_tokens <= 0:
         return []
-    total = num_tokens if num_inference_steps in (-1, None) else num_inference_steps
+    all_tokens = num_known + num_tokens
+    total = all_tokens if num_inference_steps in (-1, None) else num_inference_steps
     if total < 1:
         raise ValueError(f"num_inference_steps must be -1 or >= 1, got {num_inference_steps}")
-    counts, done = [1], 1
-    while done < num_tokens:
+    counts, done = [1], num_known + 1
+    while done < all_tokens:
         t = len(counts)
-        target = min(int((1.0 - math.cos(math.pi / 2.0 * (t + 1) / total)) * num_tokens + 1), num_tokens)
-        n = min(max(target - done, 1), num_tokens - done)
+        target = min(int((1.0 - math.cos(math.pi / 2.0 * (t + 1) / total)) * all_tokens + 1), all_tokens)
+        n = min(max(target - done, 1), all_tokens - done)
         counts.append(n)
         done += n
     return counts
@@ -111,7 +116,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
              known_tokens: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None,
              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
              static_shapes: bool = False, compile=None, chunk_size: int = STATIC_CHUNK,
-             return_logits: bool = False):
+             return_logits: bool = False, tokens_per_step: Optional[Sequence[int]] = None):
     """Generate image tokens with a RandARTransformer.
 
     cond (B,) class ids. token_order (B, N) generation order per sample (a permutation of raster positions;
@@ -124,6 +129,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     known_tokens (B, K): ids already known at positions token_order[:, :K]; they enter the cache in one
         forward pass and are returned unchanged. The schedule spreads the N - K unknown tokens over
         num_inference_steps steps; guidance scales follow the fraction of all N tokens known before a step.
+    tokens_per_step: the tokens each step decodes (positive, summing to N - K), instead of that schedule.
     freqs_cis: RoPE table [cls + N, head_dim/2, 2] for another grid (resolution extrapolation).
     seeds (B,) int64: draw each sample's random numbers from its own seed (batch-independent); else torch's
         RNG / generator.
@@ -175,7 +181,13 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
 
     result = torch.zeros(B, N, dtype=torch.long, device=device)                      # generation order
     step_logits = torch.zeros(B, N, model.vocab_size, device=device) if return_logits else None
-    counts = parallel_decoding_schedule(N - K, default_steps(model, num_inference_steps))
+    if tokens_per_step is None:
+        counts = parallel_decoding_schedule(N - K, default_steps(model, num_inference_steps))
+    else:
+        counts = [int(n) for n in tokens_per_step]
+        if sum(counts) != N - K or min(counts, default=1) < 1:
+            raise ValueError(f"tokens_per_step must be positive counts summing to the {N - K} unknown tokens; "
+                             f"got {counts}")
     mode = compile_mode(getattr(model, "compile_decoding", False) if compile is None else compile, device)
     static_shapes = static_shapes or mode is not None
     if chunk_size < 1:
