@@ -230,10 +230,13 @@ def test_fingerprint_is_hashed_once_per_path_size_and_mtime(tmp_path, monkeypatc
 def test_stamp_of_an_earlier_version_resumes_or_names_the_change(tmp_path):
     """A stamp holding the earlier partial fingerprint resumes when the file still gives it (and is rewritten
     with the full one); a changed file is named as such."""
-    path = _tensors_file(tmp_path / "w.safetensors", {"w": torch.randn(1000)})
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(bytes(range(256)) * 40000)  # over 8 MB: the earlier version read 8 chunks of it
+    path = str(path)
     stamp_path = str(tmp_path / "run.stamp.json")
     stamp = {"gpt_ckpt": run_stamp.file_fingerprint(path), "steps": 6}
-    json.dump({**stamp, "gpt_ckpt": run_stamp.legacy_fingerprint(path)}, open(stamp_path, "w"))
+    # what the earlier version recorded for this file (its file_fingerprint, run at commit 7bdbc81)
+    json.dump({**stamp, "gpt_ckpt": "10240000:0105c8b780f0ddcf0d48b2e3b11cb7f2"}, open(stamp_path, "w"))
     assert run_stamp.claim(stamp_path, stamp) is True
     assert json.load(open(stamp_path)) == stamp
     json.dump({**stamp, "gpt_ckpt": "4176:" + "0" * 32}, open(stamp_path, "w"))

@@ -118,7 +118,8 @@ def same_fingerprint(recorded: Any, current: Any) -> bool:
 
 
 def _describe(recorded: Any, current: Any) -> str:
-    if isinstance(recorded, str) and LEGACY_FINGERPRINT.match(recorded) and current in _paths:
+    if isinstance(recorded, str) and LEGACY_FINGERPRINT.match(recorded) and isinstance(current, str) \
+            and current in _paths:
         return f"{recorded!r} there (an earlier version's fingerprint, which {_paths[current]} does not match now)"
     return f"{recorded!r} there"
 
