@@ -238,8 +238,9 @@ def save_checkpoint(ckpt_dir: str, step: int, write_state: Callable[[str], None]
             if not os.path.isdir(final):  # exports written before the disk filled up belong to no state
                 for f in _siblings(ckpt_dir, name):
                     os.remove(f)
+        basis = "the size of the previous state" if prev else "at least what was written before it stopped"
         raise CheckpointError(f"no space left on the device of {ckpt_dir} while saving {final}: it needs about "
-                              f"{_mib(needed)} (the size of the previous state), {_mib(free)} was free; "
+                              f"{_mib(needed)} ({basis}), {_mib(free)} was free; "
                               f"{_previous_state(ckpt_dir, step)}") from e
     barrier()
     return final
