@@ -337,6 +337,10 @@ def test_released_archive_names_stand_for_a_manifest(tmp_path):
                                  block_size=256)) == 1
     assert len(INatLatentDataset(str(tmp_path / "imagenet-maskgit-adm-256_codes"), vocab_size=1024,
                                  block_size=256)) == 1
+    llamagen = str(tmp_path / "imagenet-llamagen-adm-256_codes")  # a name records no checkpoint: any passes
+    check_codes_fit(llamagen, vocab_size=16384, block_size=256, image_size=256, vq_ckpt=SCRIPT)
+    with pytest.raises(ValueError, match=r"imagenet-llamagen-adm-256_codes says image_size 256 \(the image size"):
+        check_codes_fit(llamagen, vocab_size=16384, block_size=256, image_size=512)
 
 
 def test_no_inert_seed_flag(capsys):
