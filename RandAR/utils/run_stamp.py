@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 from RandAR.utils.atomic import write_json
 
