@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from RandAR.dataset.builder import build_latent_dataset
 from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
-from RandAR.training.checkpoints import clear_temporaries, experiment_name, latest_checkpoint
+from RandAR.training.checkpoints import (CheckpointError, clear_temporaries, experiment_name, find_resume_state,
+                                         load_state_or_stop)
 from RandAR.training.export import export_steps, save_and_mirror
 from RandAR.training.lr_schedule import scheduler_from_config
 from RandAR.training.setup import (InputError, build_accelerator, check_checkpoint_kind, check_inputs,
@@ -125,10 +126,11 @@ def main(args):
     accelerator.register_for_checkpointing(state, scheduler, *([ema] if ema is not None else []))
 
     # ---- resume -------------------------------------------------------------------------------------
-    found = broadcast_object_list([latest_checkpoint([ckpt_dir, mirror_dir])])[0]  # rank 0's view decides
+    found = broadcast_object_list([find_resume_state([ckpt_dir, mirror_dir], logger.warning)  # rank 0 decides
+                                   if accelerator.is_main_process else None])[0]
     if found:
         check_checkpoint_kind(found[1], accelerator.distributed_type == DistributedType.FSDP)
-        accelerator.load_state(found[1])
+        load_state_or_stop(accelerator.load_state, found[1])
         assert state.step == found[0], f"{found[1]} holds step {state.step}"
         logger.info(f"resumed from {found[1]} at step {state.step} ({state.skipped} skipped so far)")
 
@@ -233,6 +235,6 @@ if __name__ == "__main__":
     require_versions()
     try:
         main(parse_args())
-    except (ConfigError, InputError) as e:  # a user's mistake: one line, no traceback
+    except (ConfigError, InputError, CheckpointError) as e:  # a user's mistake, a damaged state, a full disk
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

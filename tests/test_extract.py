@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from RandAR.dataset.latent import INatLatentDataset
-from RandAR.utils.run_stamp import file_fingerprint
+from RandAR.dataset.latent import INatLatentDataset, check_codes_fit, codes_manifest
+from RandAR.utils.run_stamp import file_fingerprint, legacy_fingerprint
 from RandAR.model.tokenizers.llamagen_vq import VQModel
 from helpers import load_script
 from test_dataset import SPEC, adm_reference, make_imagenet_tar
@@ -337,6 +337,10 @@ def test_released_archive_names_stand_for_a_manifest(tmp_path):
                                  block_size=256)) == 1
     assert len(INatLatentDataset(str(tmp_path / "imagenet-maskgit-adm-256_codes"), vocab_size=1024,
                                  block_size=256)) == 1
+    llamagen = str(tmp_path / "imagenet-llamagen-adm-256_codes")  # a name records no checkpoint: any passes
+    check_codes_fit(llamagen, vocab_size=16384, block_size=256, image_size=256, vq_ckpt=SCRIPT)
+    with pytest.raises(ValueError, match=r"imagenet-llamagen-adm-256_codes says image_size 256 \(the image size"):
+        check_codes_fit(llamagen, vocab_size=16384, block_size=256, image_size=512)
 
 
 def test_no_inert_seed_flag(capsys):
@@ -346,3 +350,44 @@ def test_no_inert_seed_flag(capsys):
     with pytest.raises(SystemExit):
         extract.parse_args(argv + ["--global-seed", "0"])
     assert "unrecognized arguments: --global-seed" in capsys.readouterr().err
+
+
+def test_training_compares_the_tokenizer_checkpoint_and_image_size(setup, tmp_path):
+    """Codes of another checkpoint of the same tokenizer (ids and shapes all valid) or of another image size
+    are refused at training start, naming the field, before any folder is made; a manifest of an earlier
+    version (partial vq_ckpt fingerprint) still fits its checkpoint."""
+    codes = tmp_path / "codes"
+    (codes / "0").mkdir(parents=True)
+    np.save(codes / "0" / "0.npy", np.zeros((2, 16), dtype=np.int64))
+    other = tmp_path / "other.safetensors"
+    sd = {k: v.clone() for k, v in setup["model"].state_dict().items()}
+    sd["quantize.embedding.weight"][0, 0] += 1.0  # a fine-tuned copy: same name pattern, size and shapes
+    save_file(sd, str(other))
+
+    def manifest(**changes):
+        json.dump(codes_manifest(split="train", dataset="imagenet", tokenizer="tiny",
+                                 tokenizer_target="RandAR.model.tokenizers.llamagen_vq.VQModel", codebook_size=64,
+                                 vq_ckpt=file_fingerprint(setup["ckpt"]), image_size=8, aug_mode="adm",
+                                 crop_range=None, code_length=16) | changes, open(codes / "manifest.json", "w"))
+
+    train = load_script("train_c2i.py")
+    results = tmp_path / "results"
+
+    def train_main(vq_ckpt):
+        train.main(train.parse_args(["--config", TINY_RANDAR, "--exp-name", "t", "--data-path", str(codes),
+                                     "--results-dir", str(results), "--visualize-every", "0", "--vq-ckpt", vq_ckpt,
+                                     "max_iters=0", "accelerator.log_with=none"]))
+
+    manifest()
+    with pytest.raises(ValueError, match=r"manifest\.json says vq_ckpt '\d+:sha256:\w+' \(the fingerprint of "
+                                         r"vq_ckpt .*other\.safetensors is '\d+:sha256:\w+'\)"):
+        train_main(str(other))
+    manifest(image_size=16)
+    with pytest.raises(ValueError, match=r"says image_size 16 \(the image size of block_size codes of the config's "
+                                         r"tokenizer is 8\); they were made"):
+        train_main(setup["ckpt"])
+    assert not results.exists()
+    manifest(vq_ckpt=legacy_fingerprint(setup["ckpt"]))
+    check_codes_fit(str(codes), vocab_size=64, block_size=16, image_size=8, vq_ckpt=setup["ckpt"])
+    with pytest.raises(ValueError, match=r"vq_ckpt '\d+:\w{32}' \(the fingerprint"):
+        check_codes_fit(str(codes), vocab_size=64, block_size=16, image_size=8, vq_ckpt=str(other))

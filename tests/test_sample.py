@@ -187,18 +187,62 @@ def test_missing_checkpoint_fails_before_building(weights, tmp_path, monkeypatch
     assert built == [] and not (tmp_path / "out").exists()
 
 
-def test_fingerprint_is_content_not_name(tmp_path):
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    big = np.random.default_rng(0).integers(0, 256, size=3 * run_stamp.FINGERPRINT_CHUNKS
-                                            * run_stamp.FINGERPRINT_CHUNK_BYTES, dtype=np.uint8)
-    a.write_bytes(big.tobytes())
-    b.write_bytes(big.tobytes())
-    assert run_stamp.file_fingerprint(str(a)) == run_stamp.file_fingerprint(str(b))
-    big[-1] ^= 1  # a change in the last byte: the last chunk is read
-    b.write_bytes(big.tobytes())
-    assert run_stamp.file_fingerprint(str(a)) != run_stamp.file_fingerprint(str(b))
-    b.write_bytes(big.tobytes()[:-1])
-    assert run_stamp.file_fingerprint(str(b)).startswith(f"{big.size - 1}:")
+def _tensors_file(path, tensors):
+    save_file(tensors, str(path))
+    return str(path)
+
+
+def test_fingerprint_sees_every_byte(tmp_path):
+    """One tensor changed in the middle of a 24 MB checkpoint, same size: the fingerprint changes (the earlier
+    version's 8 MB sample does not see it); equal contents under other names share it."""
+    tensors = {f"layer{i}": torch.randn(1 << 20) for i in range(6)}  # 4 MB each
+    a = _tensors_file(tmp_path / "a.safetensors", tensors)
+    b = _tensors_file(tmp_path / "b.safetensors", tensors)
+    assert run_stamp.file_fingerprint(a) == run_stamp.file_fingerprint(b)
+    tensors["layer2"][100_000] += 1.0  # ~9.6 MB in, between two of the old sample's chunks
+    c = _tensors_file(tmp_path / "c.safetensors", tensors)
+    assert os.path.getsize(c) == os.path.getsize(a)
+    assert run_stamp.legacy_fingerprint(c) == run_stamp.legacy_fingerprint(a)
+    assert run_stamp.file_fingerprint(c) != run_stamp.file_fingerprint(a)
+    assert run_stamp.file_fingerprint(c).startswith(f"{os.path.getsize(c)}:sha256:")
+
+
+def test_fingerprint_is_hashed_once_per_path_size_and_mtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANDAR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(run_stamp, "_memo", {})
+    reads = []
+    real_hash = run_stamp.sha256_file
+    monkeypatch.setattr(run_stamp, "sha256_file", lambda p: reads.append(p) or real_hash(p))
+    path = _tensors_file(tmp_path / "w.safetensors", {"w": torch.randn(1000)})
+    first = run_stamp.file_fingerprint(path)
+    assert run_stamp.file_fingerprint(path) == first and len(reads) == 1  # this process's memo
+    monkeypatch.setattr(run_stamp, "_memo", {})  # as a new process: the cache file answers
+    assert run_stamp.file_fingerprint(path) == first and len(reads) == 1
+    assert os.path.isfile(tmp_path / "cache" / run_stamp.CACHE_FILE)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # rewritten in place: hashed again
+    assert run_stamp.file_fingerprint(path) == first and len(reads) == 2
+    (tmp_path / "cache" / run_stamp.CACHE_FILE).write_text("{not json")  # a damaged cache is rebuilt
+    monkeypatch.setattr(run_stamp, "_memo", {})
+    assert run_stamp.file_fingerprint(path) == first and len(reads) == 3
+
+
+def test_stamp_of_an_earlier_version_resumes_or_names_the_change(tmp_path):
+    """A stamp holding the earlier partial fingerprint resumes when the file still gives it (and is rewritten
+    with the full one); a changed file is named as such."""
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(bytes(range(256)) * 40000)  # over 8 MB: the earlier version read 8 chunks of it
+    path = str(path)
+    stamp_path = str(tmp_path / "run.stamp.json")
+    stamp = {"gpt_ckpt": run_stamp.file_fingerprint(path), "steps": 6}
+    # what the earlier version recorded for this file (its file_fingerprint, run at commit 7bdbc81)
+    json.dump({**stamp, "gpt_ckpt": "10240000:0105c8b780f0ddcf0d48b2e3b11cb7f2"}, open(stamp_path, "w"))
+    assert run_stamp.claim(stamp_path, stamp) is True
+    assert json.load(open(stamp_path)) == stamp
+    json.dump({**stamp, "gpt_ckpt": "4176:" + "0" * 32}, open(stamp_path, "w"))
+    with pytest.raises(run_stamp.StampMismatchError, match=r"gpt_ckpt: '4176:0+' there \(an earlier version's "
+                       r"fingerprint, which .*w\.safetensors does not match now\)"):
+        run_stamp.claim(stamp_path, stamp)
 
 
 def test_class_labels_and_seeds():

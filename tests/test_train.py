@@ -1,11 +1,13 @@
 """train_c2i.py on the tiny config: overfitting, torchrun on CPU, kill-and-resume equality, checkpoint rotation
 and mirroring, wandb offline files, plus unit tests of the helpers that make resumption exact."""
+import errno
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import re
 import time
 
 import numpy as np
@@ -14,8 +16,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from RandAR.training.checkpoints import (checkpoint_name, clear_temporaries, latest_checkpoint,
-                                              list_checkpoints, mirror_checkpoint, prune_checkpoints)
+from RandAR.training.checkpoints import (RECORD, UNRECORDED, CheckpointError, checkpoint_name, clear_temporaries,
+                                         find_resume_state, latest_checkpoint, list_checkpoints, load_state_or_stop,
+                                         mirror_checkpoint, prune_checkpoints, save_checkpoint, state_problem)
 from RandAR.training.state import EMA, SeededItems, StepBatchSampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,6 +220,86 @@ def test_failing_disk_location_initial_weights_and_accumulation(reference, data,
     assert logged_losses(out)[0] < 2.5  # starts where the reference run ended, not from scratch
 
 
+def _truncate(path):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    return size
+
+
+def test_damaged_newest_state_resumes_from_the_previous_one(reference, data, tmp_path):
+    """A truncated optimizer.bin in the newest state (as a copy between clusters leaves it): the relaunch names it,
+    sets it aside and resumes from the previous state, here one saved without a checksum record (an earlier
+    version), checked by loading it; the final weights equal the uninterrupted run's."""
+    ckpts = tmp_path / FOLDER / "checkpoints"
+    shutil.copytree(reference[0], tmp_path / FOLDER)
+    newest, previous = ckpts / checkpoint_name(MAX_ITERS), ckpts / checkpoint_name(MAX_ITERS - 10)
+    size = _truncate(newest / "optimizer.bin")
+    os.remove(previous / RECORD)
+    out = run_ok(train_cmd(str(data / "codes"), str(tmp_path), f"max_iters={MAX_ITERS}", "ema=true"))
+    assert (f"training state {newest} is damaged (optimizer.bin is {size // 2} bytes, {size} recorded): set aside "
+            f"as {newest}.damaged; resuming from the intact {previous}") in out
+    assert f"{previous} has no {RECORD} (saved by an earlier version): it is checked by loading it" in out
+    assert f"resumed from {previous} at step {MAX_ITERS - 10}" in out and "Traceback" not in out
+    name = checkpoint_name(MAX_ITERS) + ".safetensors"
+    assert_same_tensors(ckpts / name, reference[0] / "checkpoints" / name)
+    assert state_problem(str(newest)) is None and (ckpts / (newest.name + ".damaged")).is_dir()
+
+
+def test_only_state_damaged_stops_with_one_line(reference, data, tmp_path):
+    ckpts = tmp_path / FOLDER / "checkpoints"
+    shutil.copytree(reference[0], tmp_path / FOLDER)
+    shutil.rmtree(ckpts / checkpoint_name(MAX_ITERS - 10))
+    newest = ckpts / checkpoint_name(MAX_ITERS)
+    size = _truncate(newest / "optimizer.bin")
+    r = subprocess.run(train_cmd(str(data / "codes"), str(tmp_path), f"max_iters={MAX_ITERS + 10}"), cwd=ROOT,
+                       env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: training state {newest} is damaged (optimizer.bin is {size // 2} bytes, {size} recorded) and no "
+        f"intact state is left in {ckpts}: restore it from an intact copy (e.g. the --disk-location mirror), or remove "
+        f"it (rm -r {newest}) to train from step 0, or start a new --exp-name from its export with --gpt-ckpt "
+        f"{newest}.safetensors")
+    assert newest.is_dir()  # left where it is for the user
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 3.5 MB tmpfs (root only): room for one tiny checkpoint (2.2 MB with its export), not two."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3500k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mount -t tmpfs is not allowed here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_full_disk_during_a_save_stops_with_one_line_and_resumes(data, tiny_tmpfs):
+    """The disk fills up while step 4 is saved (a real ENOSPC on a tmpfs): one line names the folder, the space
+    needed and the intact previous state (exit 2); with room made, the same command resumes from it."""
+    cmd = train_cmd(str(data / "codes"), str(tiny_tmpfs), "max_iters=6", "ckpt_every=2", "log_every=2")
+    ckpts = tiny_tmpfs / FOLDER / "checkpoints"
+    r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"error: no space left on the device of {ckpts} while saving {ckpts / checkpoint_name(4)}: it needs about "
+        rf"2\.\d MiB \(the size of the previous state\), \d\.\d MiB was free; the previous state "
+        rf"{ckpts / checkpoint_name(2)} is intact: make room \(or move --results-dir\) and run the same command "
+        rf"again to resume from step 2", line), line
+    assert [s for s, _ in list_checkpoints(str(ckpts))] == [2]
+    assert state_problem(str(ckpts / checkpoint_name(2))) is None
+    assert not [n for n in os.listdir(ckpts) if n.startswith(".") or n.startswith(checkpoint_name(4))]
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_tmpfs)], check=True)
+    out = run_ok(cmd)
+    assert f"resumed from {ckpts / checkpoint_name(2)} at step 2" in out
+    assert [s for s, _ in list_checkpoints(str(ckpts))] == [6]
+
+
 def test_torchrun_two_processes_and_sigusr1_stop(data, tmp_path):
     """Two gloo processes; SIGUSR1 to rank 1 alone makes both ranks checkpoint at the same step and exit."""
     ckpts = tmp_path / FOLDER / "checkpoints"
@@ -377,3 +460,68 @@ def test_clip_and_check_skips_bad_updates():
     assert check(float("nan"), step=0)[1]        # non-finite gradient: always skipped
     assert check(0.1, step=0, loss=float("inf"))[1]
     assert check(0.1, step=0, stop=True)[2]
+
+
+def _write_state(files):
+    def write(folder):
+        for name, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+    return write
+
+
+def test_state_record_damage_and_fallback(tmp_path):
+    """The record lists every file's size and checksum; a changed byte, a truncated or a missing file is named;
+    the resume takes the newest intact state over both folders and sets the damaged ones aside."""
+    local, mirror, said = str(tmp_path / "local"), str(tmp_path / "mirror"), []
+    for step in (10, 20):
+        save_checkpoint(local, step, _write_state({"optimizer.bin": b"x" * 100, "sub/model.safetensors": b"m" * 9}),
+                        {})
+    path10, path20 = (os.path.join(local, checkpoint_name(s)) for s in (10, 20))
+    record = json.load(open(os.path.join(path20, RECORD)))["files"]
+    assert sorted(record) == ["optimizer.bin", "sub/model.safetensors"] and record["optimizer.bin"]["size"] == 100
+    assert state_problem(path20) is None
+    with open(os.path.join(path20, "optimizer.bin"), "r+b") as f:
+        f.write(b"y")  # same size, one byte changed
+    assert state_problem(path20) == "optimizer.bin does not match its recorded checksum"
+    mirror_checkpoint(local, 10, mirror, keep_last_k=1)
+    os.remove(os.path.join(path10, "sub", "model.safetensors"))
+    assert state_problem(path10) == "sub/model.safetensors missing"
+    assert find_resume_state([local, mirror], said.append) == (10, os.path.join(mirror, checkpoint_name(10)))
+    assert said == [f"training state {path20} is damaged (optimizer.bin does not match its recorded checksum): set "
+                    f"aside as {path20}.damaged; resuming from the intact {mirror}/{checkpoint_name(10)}",
+                    f"training state {path10} is damaged (sub/model.safetensors missing): set aside as "
+                    f"{path10}.damaged; resuming from the intact {mirror}/{checkpoint_name(10)}"]
+    assert list_checkpoints(local) == [] and find_resume_state([local], said.append) is None
+    os.remove(os.path.join(mirror, checkpoint_name(10), RECORD))
+    assert state_problem(os.path.join(mirror, checkpoint_name(10))) == UNRECORDED
+
+
+def test_full_disk_from_the_writer_and_unreadable_states(tmp_path):
+    """The writer raising ENOSPC (as a full disk makes it: the tmpfs test above does it for real, as root): one
+    line, the partial folder and the step's exports removed, the previous state kept. A state that cannot be
+    loaded is named with the way forward."""
+    ckpts = str(tmp_path)
+    save_checkpoint(ckpts, 2, _write_state({"optimizer.bin": b"x" * 3000}), {})
+
+    def full(folder):
+        _write_state({"optimizer.bin": b"x" * 10})(folder)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    exports = {".safetensors": ({"w": torch.zeros(4)}, {})}
+    with pytest.raises(CheckpointError, match=rf"^no space left on the device of {ckpts} while saving "
+                                              rf"{ckpts}/{checkpoint_name(4)}: it needs about 0\.0 MiB .*; the "
+                                              rf"previous state {ckpts}/{checkpoint_name(2)} is intact: "):
+        save_checkpoint(ckpts, 4, full, exports)
+    assert sorted(os.listdir(ckpts)) == [checkpoint_name(2)]
+    with pytest.raises(OSError, match="Permission denied"):  # any other failure is not a full disk
+        save_checkpoint(ckpts, 4, lambda folder: (_ for _ in ()).throw(PermissionError(errno.EACCES,
+                                                                                         "Permission denied")), {})
+    bad = tmp_path / "bad.bin"
+    torch.save({"w": torch.zeros(100)}, bad)
+    _truncate(bad)
+    with pytest.raises(CheckpointError, match=r"^training state x could not be loaded \(RuntimeError: "
+                                              r"PytorchStreamReader failed .*\): it is damaged or was saved with "
+                                              r"another model config; move it aside \(mv x x\.damaged\)"):
+        load_state_or_stop(lambda path: torch.load(bad, weights_only=True), "x")

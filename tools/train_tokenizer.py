@@ -25,7 +25,7 @@ from RandAR.dataset.augmentation import CenterCrop, to_tokenizer_input  # noqa: 
 from RandAR.dataset.builder import build_image_dataset  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.training import vq as tt  # noqa: E402
-from RandAR.training.checkpoints import clear_temporaries  # noqa: E402
+from RandAR.training.checkpoints import CheckpointError, clear_temporaries  # noqa: E402
 from RandAR.utils.atomic import write_json  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
 from RandAR.utils.config_schema import ConfigError  # noqa: E402
@@ -138,5 +138,5 @@ if __name__ == "__main__":
     require_versions(accelerate=False)
     try:
         main()
-    except ConfigError as e:  # a misspelt key or a wrong value: one line, no traceback
+    except (ConfigError, CheckpointError) as e:  # a wrong setting, a damaged state, a full disk: one line
         sys.exit(f"error: {e}")

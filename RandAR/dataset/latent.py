@@ -5,16 +5,20 @@
 Each item picks one augmentation row at random: `(codes [L] int64, label, index)`.
 
 tools/extract_latent_codes.py also writes `<root_dir>/manifest.json`: what made the codes (split, tokenizer,
-codebook size, image size, aug mode, code length). Training refuses a folder whose manifest does not fit the
-model (`check_codes_fit`); the released archives have no manifest and are read as they are.
+codebook size, tokenizer checkpoint fingerprint, image size, aug mode, code length). Training refuses a folder
+whose manifest does not fit the model and config (`check_codes_fit`: every field the config decides); the
+released archives have no manifest: their folder names stand for one (RELEASED_CODES).
 """
 import json
 import os
 from typing import Optional
 
+import math
+
 import numpy as np
 import torch
 
+from RandAR.utils.run_stamp import file_fingerprint, same_fingerprint
 from RandAR.utils.targets import canonical_target
 
 NUM_CHECKED_FILES = 64  # files read at start-up to catch a wrong archive before training starts
@@ -49,11 +53,14 @@ def read_manifest(root_dir: str) -> Optional[dict]:
 
 
 def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size: Optional[int] = None,
-                    tokenizer_target: Optional[str] = None, split: Optional[str] = None):
+                    tokenizer_target: Optional[str] = None, split: Optional[str] = None,
+                    image_size: Optional[int] = None, vq_ckpt: Optional[str] = None):
     """ValueError when the manifest of `root_dir` says its codes do not fit a model with this vocabulary, token
-    count and tokenizer (or are of another split). Ids alone cannot tell: MaskGIT's ids (< 1024) are all valid
-    ids of a 16384-entry LlamaGen vocabulary. Without a manifest, a released archive's folder name stands for
-    one (RELEASED_CODES); any other folder without one passes."""
+    count, tokenizer, image size and tokenizer checkpoint (vq_ckpt: a path, compared by content fingerprint),
+    or are of another split; the message names every differing field. Ids alone cannot tell: MaskGIT's ids
+    (< 1024) are all valid ids of a 16384-entry LlamaGen vocabulary. Without a manifest, a released archive's
+    folder name stands for one (RELEASED_CODES); any other folder without one passes. A value given as None
+    (and a field the manifest lacks) is not compared."""
     if not os.path.isdir(root_dir):
         return
     source = os.path.join(root_dir, MANIFEST_NAME)
@@ -66,28 +73,46 @@ def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size:
     if manifest.get("tokenizer_target"):  # codes extracted before a tokenizer module moved name its old path
         manifest = {**manifest, "tokenizer_target": canonical_target(manifest["tokenizer_target"])}
     tokenizer_target = tokenizer_target and canonical_target(tokenizer_target)
-    # manifest key: (what the model calls it, the model's value)
-    expected = {"codebook_size": ("vocab_size", vocab_size), "code_length": ("block_size", block_size),
-                "tokenizer_target": ("tokenizer target", tokenizer_target), "split": ("training split", split)}
-    wrong = [f"{key} {manifest.get(key)!r} (the model's {name} is {value!r})" for key, (name, value) in expected.items()
-             if value is not None and manifest.get(key) != value]
+    # manifest key: (what the value is, the value)
+    expected = {"codebook_size": ("the model's vocab_size", vocab_size),
+                "code_length": ("the model's block_size", block_size),
+                "tokenizer_target": ("the model's tokenizer target", tokenizer_target),
+                "split": ("the model's training split", split),
+                "image_size": ("the image size of block_size codes of the config's tokenizer", image_size),
+                "vq_ckpt": (f"the fingerprint of vq_ckpt {vq_ckpt}", vq_ckpt and file_fingerprint(vq_ckpt))}
+    wrong = [f"{key} {manifest.get(key)!r} ({what} is {value!r})" for key, (what, value) in expected.items()
+             if value is not None and key in manifest and not same_fingerprint(manifest[key], value)]
     if wrong:
         raise ValueError(f"the codes in {root_dir} do not fit this model: {source} says {', '.join(wrong)}; "
                          f"they were made with tokenizer {manifest.get('tokenizer')!r} "
-                         f"at {manifest.get('image_size')}px. Use the codes of the config's tokenizer (and the "
-                         f"train split), or the config made for these codes")
+                         f"at {manifest.get('image_size')}px. Use the codes of the config's tokenizer, checkpoint "
+                         f"and image size (and the train split), or the config (and --vq-ckpt) made for these codes")
+
+
+def tokenizer_image_size(tokenizer_cfg, block_size: int) -> Optional[int]:
+    """The image side a tokenizer config turns into block_size codes (built on the meta device: no weights)."""
+    from RandAR.utils.config import instantiate_from_config
+    side = math.isqrt(block_size)
+    if side * side != block_size:
+        return None
+    with torch.device("meta"):
+        return side * instantiate_from_config(tokenizer_cfg).downsample_factor
 
 
 def check_codes_for_config(cfg):
     """check_codes_fit for a training config, before any model is built: its dataset root_dir against
-    ar_model's vocab_size/block_size and the tokenizer's target, train split."""
+    ar_model's vocab_size/block_size, the tokenizer's target and image size, the vq_ckpt's content (when the
+    file is there; a config without one compares the rest), train split."""
     root_dir = cfg.get("dataset", {}).get("params", {}).get("root_dir")
     if not root_dir:
         return
     params = cfg.get("ar_model", {}).get("params", {})
-    target = cfg.get("tokenizer", {}).get("target")
-    check_codes_fit(root_dir, vocab_size=params.get("vocab_size"), block_size=params.get("block_size"),
-                    tokenizer_target=target, split="train")
+    tokenizer = cfg.get("tokenizer", {})
+    block_size, vq_ckpt = params.get("block_size"), cfg.get("vq_ckpt")
+    image_size = tokenizer_image_size(tokenizer, block_size) if tokenizer.get("target") and block_size else None
+    check_codes_fit(root_dir, vocab_size=params.get("vocab_size"), block_size=block_size,
+                    tokenizer_target=tokenizer.get("target"), split="train", image_size=image_size,
+                    vq_ckpt=vq_ckpt if vq_ckpt and os.path.isfile(vq_ckpt) else None)
 
 
 class INatLatentDataset(torch.utils.data.Dataset):

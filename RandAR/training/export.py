@@ -3,7 +3,8 @@
 Export metadata (safetensors header): `format` "randar", `weights` "model" or "ema", `step`, `config` (the whole
 resolved config, JSON) and `ar_model` (its model section, JSON): sampling rebuilds the model from them.
 """
-from RandAR.training.checkpoints import mirror_checkpoint, prune_checkpoints, save_checkpoint
+from RandAR.training.checkpoints import (UNRECORDED, mirror_checkpoint, prune_checkpoints, save_checkpoint,
+                                         state_problem)
 from RandAR.utils.checkpoint import export_metadata, strip_wrapper_prefixes
 
 
@@ -13,14 +14,18 @@ def export_steps(cfg):
 
 
 def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger):
-    """Checkpoint the current step (every process), prune old states, and copy it to the mirror folder."""
+    """Checkpoint the current step (every process), verify it against its record, then prune old states and copy
+    it to the mirror folder (a state that fails the check is logged and the older ones are kept)."""
     exports = {".safetensors": (strip_wrapper_prefixes(accelerator.get_state_dict(model)),
                                 export_metadata(cfg, state.step, "model"))}
     if ema is not None:
         exports[".ema.safetensors"] = (ema.state_dict(), export_metadata(cfg, state.step, "ema"))
     path = save_checkpoint(ckpt_dir, state.step, accelerator.save_state, exports, accelerator.is_main_process,
                            accelerator.wait_for_everyone)
-    if accelerator.is_main_process:
+    problem = state_problem(path) if accelerator.is_main_process else None
+    if problem is not None and problem != UNRECORDED:
+        logger.error(f"the new checkpoint {path} does not match its record ({problem}): older states are kept")
+    elif accelerator.is_main_process:
         logger.info(f"saved checkpoint {path}")
         keep_exports = export_steps(cfg)
         prune_checkpoints(ckpt_dir, cfg.keep_last_k, keep_exports)

@@ -18,7 +18,8 @@ from PIL import Image
 
 from RandAR.dataset.augmentation import to_tokenizer_input
 from RandAR.dataset.imagenet import collate_skip_bad
-from RandAR.training.checkpoints import latest_checkpoint, prune_checkpoints, save_checkpoint
+from RandAR.training.checkpoints import (find_resume_state, load_state_or_stop, prune_checkpoints, save_checkpoint,
+                                         state_problem)
 from RandAR.training.lr_schedule import get_scheduler
 from RandAR.training.state import SeededItems, StepBatchSampler
 from RandAR.utils.atomic import atomic_path
@@ -222,20 +223,28 @@ def save_state(ckpt_dir: str, step: int, model, optimizer, scheduler, usage: Cod
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "code_last_seen": usage.last_seen}, os.path.join(folder, TRAIN_STATE))
     exports = {".safetensors": (model.state_dict(), {**metadata, "step": str(step)})}
-    save_checkpoint(ckpt_dir, step, write_state, exports)
-    prune_checkpoints(ckpt_dir, keep)
+    path = save_checkpoint(ckpt_dir, step, write_state, exports)
+    problem = state_problem(path)
+    if problem is None:  # prune only once the new state matches its record
+        prune_checkpoints(ckpt_dir, keep)
+    else:
+        print(f"the new checkpoint {path} does not match its record ({problem}): older states are kept", flush=True)
 
 
 def resume_latest(ckpt_dir: str, model, optimizer, scheduler, usage: CodeUsage) -> int:
     """Load the newest checkpoint (strictly) into model, optimizer, schedule and code usage; return its step, or 0
-    if there is none. The run then continues as if it had not stopped (same batches, flips and restarts)."""
-    found = latest_checkpoint([ckpt_dir])
+    if there is none. The run then continues as if it had not stopped (same batches, flips and restarts). The newest
+    intact state is taken (a damaged one is named and set aside: training/checkpoints.find_resume_state)."""
+    found = find_resume_state([ckpt_dir], lambda line: print(line, flush=True))
     if found is None:
         return 0
     step, path = found
-    load_model_weights(model, path + ".safetensors")
-    state = torch.load(os.path.join(path, TRAIN_STATE), map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    usage.last_seen.copy_(state["code_last_seen"])
+
+    def load(path: str):
+        load_model_weights(model, path + ".safetensors")
+        state = torch.load(os.path.join(path, TRAIN_STATE), map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        usage.last_seen.copy_(state["code_last_seen"])
+    load_state_or_stop(load, path)
     return step
