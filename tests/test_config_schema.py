@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 import train_c2i
 from RandAR.model.builder import build_randar
 from RandAR.training.checkpoints import checkpoint_name, prune_checkpoints
+from RandAR.training.vq import load_train_config
 from RandAR.utils.checkpoint import export_config, save_export
 from RandAR.utils.compat import LEGACY_TARGETS, OFFICIAL_UNUSED_KEYS
 from RandAR.utils.config import instantiate_from_config, load_config
@@ -72,6 +73,10 @@ def test_tokenizer_configs_are_checked(tmp_path):
         load_config(edited(tmp_path, TOY_VQ, "    z_channels: 64", "    z_channel: 64"))
     with pytest.raises(ConfigError, match=re.escape("did you mean `train.lr`?")):
         load_config(TOY_VQ, ["train.lrr=0.1"])
+    with pytest.raises(ConfigError, match=re.escape("toy_vq.yaml: train.recon_loss must be l1 or l2, got 'l3'")):
+        load_train_config(TOY_VQ, ["train.recon_loss=l3"])
+    with pytest.raises(ConfigError, match="train.iterations and train.batch_size must be > 0, got 0 and"):
+        load_train_config(TOY_VQ, ["train.iterations=0"])
 
 
 def test_official_unused_keys_are_accepted_by_name_only(tmp_path):

@@ -128,8 +128,11 @@ class VQTrainArgs:
     seed: int = 0
 
     def __post_init__(self):
-        assert self.recon_loss in ("l1", "l2"), f"train.recon_loss must be l1 or l2, got {self.recon_loss!r}"
-        assert self.iterations > 0 and self.batch_size > 0, "train.iterations and train.batch_size must be > 0"
+        if self.recon_loss not in ("l1", "l2"):
+            raise ConfigError(f"train.recon_loss must be l1 or l2, got {self.recon_loss!r}")
+        if self.iterations <= 0 or self.batch_size <= 0:
+            raise ConfigError(f"train.iterations and train.batch_size must be > 0, got {self.iterations} and "
+                              f"{self.batch_size}")
 
 
 @dataclass
