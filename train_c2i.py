@@ -103,9 +103,7 @@ def main(args):
 
     # ---- batch sizes --------------------------------------------------------------------------------
     accum = accelerator.gradient_accumulation_steps
-    if cfg.global_batch_size % (world * accum):
-        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not divisible by world size {world} x "
-                         f"gradient_accumulation_steps {accum}")
+    assert cfg.global_batch_size % (world * accum) == 0, "checked by check_inputs (WORLD_SIZE, the config's accum)"
     batch_size = cfg.global_batch_size // (world * accum)
 
     # ---- model, EMA, optimizer, schedule ------------------------------------------------------------

@@ -62,9 +62,9 @@ def bench(cfg, batch, device, grad_ckpt, compile_, steps, warmup, precision, bac
 
 
 def bench_loader(data_path, batch, block_size, vocab_size, num_workers, n=20):
-    from RandAR.dataset.imagenet import INatLatentDataset
+    from RandAR.dataset.latent import LatentCodeDataset
 
-    ds = INatLatentDataset(data_path)
+    ds = LatentCodeDataset(data_path)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=num_workers, drop_last=True)
     it = iter(loader)
     next(it)

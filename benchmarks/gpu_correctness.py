@@ -22,9 +22,9 @@ sys.path.insert(0, ROOT)
 FIX = os.path.join(ROOT, "tests", "fixtures")
 
 import RandAR.model.generate as generate_module  # noqa: E402
-from RandAR.model.builder import randar_params  # noqa: E402
 from RandAR.model.randar_gpt import RandARTransformer  # noqa: E402
 from RandAR.utils.checkpoint import load_model_weights  # noqa: E402
+from RandAR.utils.compat import canonical_config  # noqa: E402
 
 COUNTERS = torch._dynamo.utils.counters
 FP32_TOL = dict(atol=5e-4, rtol=1e-4)  # as tests/test_randar_model.py against the same fixtures
@@ -45,7 +45,7 @@ class Report:
 
 def fixture_model(device) -> RandARTransformer:
     args = json.load(open(os.path.join(FIX, "randar_tiny_config.json")))["constructor_args"]
-    model = RandARTransformer(**randar_params(args))
+    model = RandARTransformer(**canonical_config({"ar_model": {"params": args}})["ar_model"]["params"])
     return load_model_weights(model, os.path.join(FIX, "randar_tiny.safetensors")).to(device).eval()
 
 

@@ -9,13 +9,17 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import train_c2i
 from RandAR.model.builder import build_randar
 from RandAR.training.checkpoints import checkpoint_name, prune_checkpoints
-from RandAR.utils.config import load_config
-from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, ConfigError, RandARConfig
+from RandAR.training.vq import load_train_config
+from RandAR.utils.checkpoint import export_config, save_export
+from RandAR.utils.compat import LEGACY_TARGETS, OFFICIAL_UNUSED_KEYS
+from RandAR.utils.config import instantiate_from_config, load_config
+from RandAR.utils.config_schema import ConfigError, RandARConfig
 from RandAR.sampling.inputs import check_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,18 +73,25 @@ def test_tokenizer_configs_are_checked(tmp_path):
         load_config(edited(tmp_path, TOY_VQ, "    z_channels: 64", "    z_channel: 64"))
     with pytest.raises(ConfigError, match=re.escape("did you mean `train.lr`?")):
         load_config(TOY_VQ, ["train.lrr=0.1"])
+    with pytest.raises(ConfigError, match=re.escape("toy_vq.yaml: train.recon_loss must be l1 or l2, got 'l3'")):
+        load_train_config(TOY_VQ, ["train.recon_loss=l3"])
+    with pytest.raises(ConfigError, match="train.iterations and train.batch_size must be > 0, got 0 and"):
+        load_train_config(TOY_VQ, ["train.iterations=0"])
 
 
 def test_official_unused_keys_are_accepted_by_name_only(tmp_path):
-    extra = "\n".join(f"{k}: 1" for k in OFFICIAL_UNUSED_KEYS[""] if k != "exp_name")  # exp_name is there
+    """The original's keys no code reads load and are dropped where the config is read; any other key is an error."""
+    extra = "\n".join(f"{k}: 1" for k in OFFICIAL_UNUSED_KEYS[""])
     path = edited(tmp_path, XL, "global_seed: 0", "global_seed: 0\n" + extra)
     path = edited(tmp_path, path, "    num_inference_steps: 88",
-                  "    num_inference_steps: 88\n    caption_dim: 2048\n    max_batch_size: 32\n    max_seq_len: 2048",
-                  "official.yaml")
-    cfg = load_config(path)
-    assert cfg.fid_eval_every == 1 and cfg.ar_model.params.caption_dim == 2048
+                  "    num_inference_steps: 88\n    caption_dim: 2048\n    max_batch_size: 32\n    max_seq_len: 2048"
+                  "\n    zero_class_qk: True", "official.yaml")
+    assert load_config(path) == load_config(XL)
+    assert load_config(XL, ["fid_eval_every=3", "ar_model.params.zero_class_qk=false"]) == load_config(XL)
     with pytest.raises(ConfigError, match="unknown key `fid_every`"):
         load_config(edited(tmp_path, XL, "global_seed: 0", "global_seed: 0\nfid_every: 1"))
+    with pytest.raises(ConfigError, match=re.escape("unknown key `ar_model.params.zero_class_q`")):
+        load_config(XL, ["ar_model.params.zero_class_q=true"])
     # the documented list is the code's list
     doc = open(os.path.join(ROOT, "GETTING_STARTED.md")).read()
     for keys in OFFICIAL_UNUSED_KEYS.values():
@@ -88,14 +99,49 @@ def test_official_unused_keys_are_accepted_by_name_only(tmp_path):
             assert f"`{k}`" in doc, k
 
 
-def test_the_original_release_configs_load(tmp_path):
-    """The keys of ziqipang/RandAR's configs/randar/randar_xl_0.7b_llamagen.yaml beyond the shipped ones."""
-    official = OmegaConf.create({"resume_from": None, "gpt_ckpt": "None", "fid_ref_path": "/x.npz",
-                                 "fid_save_dir": "/tmp", "fid_num_samples": 10000, "fid_eval_every": 500000,
-                                 "wandb_entity": "RandAR", "exp_name": "randar_xl_0.7b"})
-    cfg = OmegaConf.merge(OmegaConf.load(XL), official)
-    OmegaConf.save(cfg, tmp_path / "official.yaml")
-    assert load_config(str(tmp_path / "official.yaml")).fid_num_samples == 10000
+def original_format(cfg):
+    """A shipped config as the original release writes it: the old module paths of its targets and the keys
+    of ziqipang/RandAR's configs/randar/*.yaml that no code reads (with the original's values)."""
+    cfg = OmegaConf.to_container(cfg)
+    old = {new: legacy for legacy, new in LEGACY_TARGETS.items()}
+    for section in ("ar_model", "dataset", "tokenizer", "model"):
+        if section in cfg:
+            cfg[section]["target"] = old.get(cfg[section]["target"], cfg[section]["target"])
+    if "ar_model" in cfg:
+        cfg["ar_model"]["params"]["zero_class_qk"] = True
+        cfg.update({"exp_name": "randar_0.3b", "resume_from": None, "gpt_ckpt": "None", "fid_ref_path": "/x.npz",
+                    "fid_save_dir": "/tmp", "fid_num_samples": 10000, "fid_eval_every": 500000})
+    return cfg
+
+
+SHIPPED = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml"))
+                 if "accelerate" not in p and not os.path.islink(p))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_original_format_configs_load_to_the_shipped_canonical_config(tmp_path, path):
+    shipped = OmegaConf.load(path)
+    original = original_format(shipped)
+    assert original != OmegaConf.to_container(shipped) or "model" in shipped  # tokenization targets are current
+    OmegaConf.save(OmegaConf.create(original), tmp_path / "original.yaml")
+    canonical = load_config(path)
+    assert load_config(str(tmp_path / "original.yaml")) == canonical
+    # so is the config a checkpoint carries, written by a version of the code that kept the original's form
+    export = str(tmp_path / "old.safetensors")
+    save_export(export, {"w": torch.zeros(1)}, original)
+    assert export_config(export) == canonical
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_every_shipped_configs_sections_instantiate(path):
+    """instantiate_from_config on the shipped YAML's sections as written, and as read."""
+    for cfg in (OmegaConf.load(path), load_config(path)):
+        with torch.device("meta"):
+            models = {s: instantiate_from_config(cfg[s]) for s in ("ar_model", "tokenizer", "model") if s in cfg}
+        assert models and all(isinstance(m, torch.nn.Module) for m in models.values())
+        if "ar_model" in cfg:
+            assert models["ar_model"].vocab_size == models["tokenizer"].codebook_size
+            assert build_randar(cfg, device="meta").vocab_size == models["ar_model"].vocab_size
 
 
 def _code_defaults():

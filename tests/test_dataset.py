@@ -14,7 +14,8 @@ from RandAR.dataset.augmentation import center_crop_arr, five_crop, make_views, 
 from RandAR.dataset.builder import build_image_dataset, build_latent_dataset
 from RandAR.dataset.imagenet import BadImage, ImageFolderDataset, ImageTarDataset, collate_skip_bad
 from RandAR.dataset.latent import (MANIFEST_NAME, INatLatentDataset, LatentCodeDataset, check_codes_fit,
-                                   codes_manifest)
+                                   codes_manifest, read_manifest)
+from RandAR.utils.compat import canonical_config
 
 # (wnid, file, kind, (width, height)); written to the tar in this (unsorted) order.
 SPEC = [
@@ -309,7 +310,7 @@ def test_latent_dataset_points_at_wrong_level(tmp_path):
 
 
 def latent_section(root_dir):
-    return OmegaConf.create({"target": "RandAR.dataset.imagenet.INatLatentDataset", "params": {"root_dir": root_dir}})
+    return OmegaConf.create({"target": "RandAR.dataset.latent.LatentCodeDataset", "params": {"root_dir": root_dir}})
 
 
 def test_build_latent_dataset_checks_codes_and_labels_against_the_model(tmp_path):
@@ -335,16 +336,17 @@ def _manifest(root, tokenizer_target):
 
 def test_manifest_tokenizer_target_compares_canonical_targets(tmp_path):
     """A folder extracted when its tokenizer lived under an older module path (LEGACY_TARGETS) fits a config naming
-    the new path, and the reverse; another tokenizer does not."""
+    the new path, and the reverse (both are read in canonical form); another tokenizer does not."""
     root = str(tmp_path / "codes")
     _manifest(root, "RandAR.model.tokenizer.VQModel")  # the old path of the LlamaGen VQ
+    assert read_manifest(root)["tokenizer_target"] == "RandAR.model.tokenizers.llamagen_vq.VQModel"
     check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.model.tokenizers.llamagen_vq.VQModel")
-    check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.model.tokenizer.VQModel")
     with pytest.raises(ValueError, match="tokenizer_target 'RandAR.model.tokenizers.llamagen_vq.VQModel'"):
         check_codes_fit(root, vocab_size=64, block_size=16,
-                        tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer")
+                        tokenizer_target="RandAR.model.tokenizers.maskgit_vqgan.MaskGITTokenizer")
     _manifest(root, "RandAR.model.tokenizers.maskgit_vqgan.MaskGITTokenizer")
+    old_config = {"tokenizer": {"target": "RandAR.model.maskgit_tokenizer.MaskGITTokenizer"}}
     check_codes_fit(root, vocab_size=64, block_size=16,
-                    tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer")
+                    tokenizer_target=canonical_config(old_config)["tokenizer"]["target"])
     with pytest.raises(ValueError, match="tokenizer_target"):  # an unknown target is not equal to a known one
         check_codes_fit(root, vocab_size=64, block_size=16, tokenizer_target="RandAR.model.gone.VQModel")

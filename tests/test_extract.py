@@ -110,7 +110,7 @@ def test_plain_run_layout_and_codes(setup, runs):
     assert sorted(os.listdir(runs["plain_dir"])) == ["0", "1", "2", "manifest.json"]
     manifest = json.load(open(os.path.join(runs["plain_dir"], "manifest.json")))
     assert manifest == dict(format="randar-codes-1", split="train", dataset="imagenet", tokenizer="tiny",
-                            tokenizer_target="RandAR.model.tokenizer.VQModel", codebook_size=64,
+                            tokenizer_target="RandAR.model.tokenizers.llamagen_vq.VQModel", codebook_size=64,
                             vq_ckpt=file_fingerprint(setup["ckpt"]), image_size=SIZE, aug_mode="adm",
                             crop_range=None, code_length=L)
     for key, codes in files.items():
@@ -261,6 +261,10 @@ def test_val_split_never_mixes_into_train_codes(setup, runs, tmp_path):
     with pytest.raises(SystemExit, match=r"^error: .*manifest\.json records another code extraction "
                                          r"\(split: 'val' there, 'train' now\)"):
         extract.main(_argv(s, str(tmp_path), "--num-workers", "0"))
+    # a manifest naming the tokenizer's old module path (an earlier version's) is the same extraction: resumed
+    old_spelling = {**manifest, "tokenizer_target": "RandAR.model.tokenizer.VQModel"}
+    json.dump(old_spelling, open(train_dir / "manifest.json", "w"))
+    extract.main(_argv(s, str(tmp_path), "--num-workers", "0"))
     json.dump(manifest, open(train_dir / "manifest.json", "w"))
     torch.manual_seed(1)  # another tokenizer of the same architecture and config name
     save_file(VQModel(**TINY).eval().state_dict(), str(tmp_path / "other.safetensors"))

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 from RandAR.model.generate import parallel_decoding_schedule
 from RandAR.model.randar_gpt import RandARTransformer
 from RandAR.utils.checkpoint import CheckpointMismatchError, load_model_weights, suggest_config
-from RandAR.model.builder import build_randar, randar_params
+from RandAR.model.builder import build_randar
+from RandAR.utils.compat import canonical_config
+from RandAR.utils.config import load_config
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_args(**overrides):
     args = json.load(open(os.path.join(FIX, "randar_tiny_config.json")))["constructor_args"]
     args.update(overrides)
-    return randar_params(args)  # the fixture's config has the official keys the model does not take
+    # the fixture's arguments are the original code's: read them as a config is read
+    return canonical_config({"ar_model": {"params": args}})["ar_model"]["params"]
 
 
 @pytest.fixture(scope="module")
@@ -250,14 +253,18 @@ def test_one_entry_point_with_a_guidance_object():
         generate_module.generate(no_null, cond, guidance=two)
 
 
-def test_official_inert_keys_are_dropped_by_the_builder_only():
+def test_official_inert_keys_are_dropped_where_the_config_is_read(tmp_path):
     """The official configs' caption_dim, max_batch_size, max_seq_len and zero_class_qk are not model arguments:
-    build_randar drops them (the schema accepts them), nothing else passes them around."""
+    reading the config drops them (RandAR.utils.compat), so the model and the builder never see them."""
     with pytest.raises(TypeError, match="caption_dim"):
         RandARTransformer(**tiny_args(), caption_dim=2048)
     cfg = OmegaConf.load(os.path.join(ROOT, "configs", "randar", "randar_xl_0.7b_llamagen.yaml"))
-    assert "zero_class_qk" in cfg.ar_model.params
-    assert build_randar(cfg, device="meta").dim == cfg.ar_model.params.dim
+    cfg.ar_model.params.zero_class_qk = True
+    cfg.ar_model.params.caption_dim = 2048
+    OmegaConf.save(cfg, tmp_path / "official.yaml")
+    read = load_config(str(tmp_path / "official.yaml"))
+    assert "zero_class_qk" not in read.ar_model.params and "caption_dim" not in read.ar_model.params
+    assert build_randar(read, device="meta").dim == cfg.ar_model.params.dim
 
 
 def test_bad_inputs_are_rejected():

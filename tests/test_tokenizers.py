@@ -12,8 +12,8 @@ from RandAR.model.tokenizers.maskgit_vqgan import MaskGITTokenizer
 from RandAR.model.tokenizers.llamagen_vq import VQModel
 from RandAR.model.tokenizers import build_tokenizer, resize_square
 from RandAR.utils.checkpoint import CheckpointMismatchError
-from RandAR.utils.config import instantiate_from_config
-from RandAR.utils.targets import canonical_target
+from RandAR.utils.compat import canonical_target
+from RandAR.utils.config import instantiate_from_config, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -119,12 +119,13 @@ def test_official_keys_and_shapes(name):
     assert model.downsample_factor == 16
 
 
-def test_legacy_targets_still_build():
+def test_legacy_targets_still_build(tmp_path):
     """Configs, runs and codes manifests written before the tokenizers moved into RandAR/model/tokenizers/ name
-    the old module paths; they build the same classes."""
-    cfg = OmegaConf.load(os.path.join(ROOT, "tests", "configs", "tiny_vq.yaml")).model
-    cfg.target = "RandAR.model.tokenizer.VQModel"
-    assert type(instantiate_from_config(cfg)) is VQModel
+    the old module paths; read as configs are read, they build the same classes."""
+    cfg = OmegaConf.load(os.path.join(ROOT, "tests", "configs", "tiny_vq.yaml"))
+    cfg.model.target = "RandAR.model.tokenizer.VQModel"
+    OmegaConf.save(cfg, tmp_path / "old.yaml")
+    assert type(instantiate_from_config(load_config(str(tmp_path / "old.yaml")).model)) is VQModel
     assert canonical_target("RandAR.model.maskgit_tokenizer.MaskGITTokenizer") == \
         "RandAR.model.tokenizers.maskgit_vqgan.MaskGITTokenizer"
     assert canonical_target("RandAR.model.randar_gpt.RandARTransformer") == "RandAR.model.randar_gpt.RandARTransformer"
@@ -142,7 +143,7 @@ def test_tiny_config_builds():
 
 def test_llamagen_style_torch_file_and_mismatch(vq, tmp_path):
     model, io = vq
-    cfg = {"target": "RandAR.model.tokenizer.VQModel",
+    cfg = {"target": "RandAR.model.tokenizers.llamagen_vq.VQModel",
            "params": json.load(open(os.path.join(FIX, "vq_tiny.json")))["constructor_args"]}
     path = str(tmp_path / "vq.pt")
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)

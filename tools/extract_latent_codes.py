@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from RandAR.dataset.augmentation import AUG_MODES, DEFAULT_CROP_RANGE, to_tokenizer_input, views_transform  # noqa: E402
 from RandAR.dataset.builder import build_image_dataset, image_source  # noqa: E402
 from RandAR.dataset.imagenet import collate_skip_bad  # noqa: E402
-from RandAR.dataset.latent import MANIFEST_NAME, codes_manifest  # noqa: E402
+from RandAR.dataset.latent import MANIFEST_NAME, codes_manifest, read_manifest  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.utils.atomic import atomic_open  # noqa: E402
 from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
@@ -110,6 +110,8 @@ def run_manifest(args, tok_cfg, tokenizer, tokenizer_name: str) -> dict:
 def claim_code_dir(out_dir: str, manifest: dict):
     """Write the folder's manifest, or check that the one there is equal: a resume must continue the same
     extraction (never, e.g., fill a train folder with val codes or with another tokenizer's)."""
+    if read_manifest(out_dir) == manifest:  # a resume (compared in canonical form: an earlier target spelling too)
+        return
     has_codes = os.path.isdir(out_dir) and any(e.is_dir() for e in os.scandir(out_dir))
     claim(os.path.join(out_dir, MANIFEST_NAME), manifest, [out_dir] if has_codes else [], what="code extraction",
           fix=f"use another --code-path, or remove {out_dir} to extract again")

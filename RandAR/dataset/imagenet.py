@@ -4,9 +4,6 @@ Both yield `(image, label, index)`. Labels are the sorted class folder names map
 item's position in the name-sorted member list, so it names the same image whatever order the tar was written
 in. An image that cannot be decoded comes back as a `BadImage` (path and reason) in place of the image, so
 one broken JPEG never kills a long run: `collate_skip_bad` separates them out of a batch.
-
-`INatLatentDataset` (the original's name for the latent-code dataset) is re-exported here, since the official
-configs name it as `RandAR.dataset.imagenet.INatLatentDataset`.
 """
 import io
 import os
@@ -17,8 +14,6 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
-
-from RandAR.dataset.latent import INatLatentDataset, LatentCodeDataset  # noqa: F401  (config paths)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 

@@ -18,18 +18,19 @@ import math
 import numpy as np
 import torch
 
+from RandAR.utils.compat import canonical_manifest
 from RandAR.utils.run_stamp import file_fingerprint, same_fingerprint
-from RandAR.utils.targets import canonical_target
 
 NUM_CHECKED_FILES = 64  # files read at start-up to catch a wrong archive before training starts
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "randar-codes-1"
 # The released archives carry no manifest; their folder names say what made them (GETTING_STARTED.md, section 2).
 RELEASED_CODES = {
-    "imagenet-llamagen-adm-256_codes": dict(tokenizer="llamagen", tokenizer_target="RandAR.model.tokenizer.VQModel",
+    "imagenet-llamagen-adm-256_codes": dict(tokenizer="llamagen",
+                                            tokenizer_target="RandAR.model.tokenizers.llamagen_vq.VQModel",
                                             codebook_size=16384, code_length=256, image_size=256, split="train"),
     "imagenet-maskgit-adm-256_codes": dict(tokenizer="maskgit",
-                                           tokenizer_target="RandAR.model.maskgit_tokenizer.MaskGITTokenizer",
+                                           tokenizer_target="RandAR.model.tokenizers.maskgit_vqgan.MaskGITTokenizer",
                                            codebook_size=1024, code_length=256, image_size=256, split="train"),
 }
 
@@ -44,12 +45,12 @@ def codes_manifest(*, split: str, dataset: str, tokenizer: str, tokenizer_target
 
 
 def read_manifest(root_dir: str) -> Optional[dict]:
-    """The folder's manifest, or None (the released archives have none)."""
+    """The folder's manifest in canonical form (RandAR.utils.compat), or None (the released archives have none)."""
     path = os.path.join(root_dir, MANIFEST_NAME)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        return canonical_manifest(json.load(f))
 
 
 def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size: Optional[int] = None,
@@ -60,7 +61,7 @@ def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size:
     or are of another split; the message names every differing field. Ids alone cannot tell: MaskGIT's ids
     (< 1024) are all valid ids of a 16384-entry LlamaGen vocabulary. Without a manifest, a released archive's
     folder name stands for one (RELEASED_CODES); any other folder without one passes. A value given as None
-    (and a field the manifest lacks) is not compared."""
+    (and a field the manifest lacks) is not compared. tokenizer_target: canonical (a config's, as read)."""
     if not os.path.isdir(root_dir):
         return
     source = os.path.join(root_dir, MANIFEST_NAME)
@@ -70,9 +71,6 @@ def check_codes_fit(root_dir: str, vocab_size: Optional[int] = None, block_size:
         manifest, source = RELEASED_CODES.get(name), f"the released archive's name {name}"
     if manifest is None:
         return
-    if manifest.get("tokenizer_target"):  # codes extracted before a tokenizer module moved name its old path
-        manifest = {**manifest, "tokenizer_target": canonical_target(manifest["tokenizer_target"])}
-    tokenizer_target = tokenizer_target and canonical_target(tokenizer_target)
     # manifest key: (what the value is, the value)
     expected = {"codebook_size": ("the model's vocab_size", vocab_size),
                 "code_length": ("the model's block_size", block_size),

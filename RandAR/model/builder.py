@@ -5,26 +5,17 @@ import torch
 
 from RandAR.utils.checkpoint import load_model_weights
 from RandAR.utils.config import instantiate_from_config
-from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS
-
-# Official config keys RandARTransformer does not take (accepted by the schema, dropped here).
-INERT_PARAMS = OFFICIAL_UNUSED_KEYS["ar_model.params"]
-
-
-def randar_params(params) -> dict:
-    """ar_model params (e.g. an official config's or a fixture's) without INERT_PARAMS."""
-    return {k: v for k, v in dict(params).items() if k not in INERT_PARAMS}
 
 
 def build_randar(config, ckpt_path: Optional[str] = None, device="cpu", dtype: Optional[torch.dtype] = None):
-    """config: a full RandAR config (with `ar_model`) or the `ar_model` section itself; the official keys the
-    model does not use (INERT_PARAMS) are dropped. device "meta": shapes only, no memory.
+    """config: a full RandAR config (with `ar_model`) or the `ar_model` section itself, as read by
+    RandAR.utils.config (canonical). device "meta": shapes only, no memory.
 
     Loads `ckpt_path` (.safetensors, or a torch file holding a state dict or one under `model`) with
     strict key/shape checking; a mismatch raises CheckpointMismatchError naming the file and a fitting config.
     """
     section = config["ar_model"] if "ar_model" in config else config
-    model = instantiate_from_config(section, ignore=INERT_PARAMS)
+    model = instantiate_from_config(section)
     if ckpt_path:
         load_model_weights(model, ckpt_path)
     model = model.to(device)

@@ -182,9 +182,9 @@ class RandARTransformer(nn.Module):
     """The RandAR class-conditional GPT (constructor arguments = the `ar_model.params` of the official configs).
 
     The official configs' `caption_dim`, `max_batch_size`, `max_seq_len` and `zero_class_qk` are not arguments:
-    the config schema accepts them and `build_randar` drops them (text-to-image is not implemented, the KV cache
-    is sized per generation call, and the class token's query and key are always zero: its RoPE rows are zero,
-    and the checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
+    reading a config drops them (RandAR.utils.compat). Text-to-image is not implemented, the KV cache is sized
+    per generation call, and the class token's query and key are always zero (its RoPE rows are zero, and the
+    checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
     the default step count of `generate`, and the attribute `compile_decoding` (False; the tools' `--compile`
     sets it) the default of its `compile`. `position_order` ("random" or "raster") picks the training order
     when none is given.

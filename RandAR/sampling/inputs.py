@@ -17,12 +17,36 @@ from RandAR.model.tokenizers import build_tokenizer
 from RandAR.sampling.spec import PRECISIONS, SamplingSpec, resolve_precision
 from RandAR.utils.checkpoint import export_config
 from RandAR.utils.config import load_config, to_plain
-from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS
 from RandAR.utils.distributed import allow_tf32
 from RandAR.utils.run_stamp import differences_text, file_fingerprint
-from RandAR.utils.targets import canonical_target
 
 CHECKED_SECTIONS = ("ar_model", "tokenizer")  # what --config must agree with in a checkpoint's own config
+
+
+def resolve_config_path(path: str) -> str:
+    """`path` if it exists; else an error naming the closest shipped configs."""
+    if os.path.isfile(path):
+        return path
+    folder = os.path.dirname(path) or "."
+    candidates = sorted(glob.glob(os.path.join(folder if os.path.isdir(folder) else "configs/randar", "*.yaml")))
+    close = difflib.get_close_matches(path, candidates, n=3, cutoff=0.3)
+    raise FileNotFoundError(f"config {path} not found" + (f"; did you mean {' or '.join(close)}?" if close else "")
+                            + (f" (available: {', '.join(candidates)})" if candidates else ""))
+
+
+def ckpt_name(path: str) -> str:
+    """Checkpoint file name without its extension, for run names."""
+    name = os.path.basename(path)
+    for ext in (".safetensors", ".pth", ".pt", ".bin"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def model_sections(config) -> Dict[str, Any]:
+    """The sections --config must agree on, as they decide the model (configs are canonical as read:
+    RandAR.utils.compat)."""
+    return {k: to_plain(config.get(k)) for k in CHECKED_SECTIONS}
 
 
 def resolve_config_path(path: str) -> str:

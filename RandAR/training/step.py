@@ -23,7 +23,8 @@ SKIP_RULES = ("sum_clipped", "global_norm")
 
 
 def skip_rule(opt_cfg) -> str:
-    """optimizer.skip_grad_rule: "sum_clipped" (the original release's, the default) or "global_norm"."""
+    """optimizer.skip_grad_rule: "sum_clipped" (the original release's, the default) or "global_norm"; a ValueError
+    for anything else (train_c2i.py checks it at start-up, RandAR.training.setup.check_inputs)."""
     rule = str(opt_cfg.get("skip_grad_rule", "sum_clipped"))
     if rule not in SKIP_RULES:
         raise ValueError(f"optimizer.skip_grad_rule: {rule!r} is not one of {', '.join(SKIP_RULES)}")
@@ -65,7 +66,8 @@ def clip_and_check(accelerator, model, loss, opt_cfg, step, stop_requested):
     optimizer.skip_grad_rule: "sum_clipped" (the original release's rule: the sum of the per-tensor gradient
     norms after clipping is >= skip_grad_norm) or "global_norm" (the global norm before clipping is > it).
     """
-    rule = skip_rule(opt_cfg)
+    rule = opt_cfg.get("skip_grad_rule", "sum_clipped")
+    assert rule in SKIP_RULES, rule
     max_norm = opt_cfg.get("max_grad_norm", 0.0) or math.inf  # 0 = no clipping, still measure the norm
     norm = full_tensor(accelerator.clip_grad_norm_(model.parameters(), max_norm)).float()
     skip = ~torch.isfinite(norm) | ~torch.isfinite(loss)

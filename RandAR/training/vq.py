@@ -25,7 +25,7 @@ from RandAR.training.state import SeededItems, StepBatchSampler
 from RandAR.utils.atomic import atomic_path
 from RandAR.utils.checkpoint import load_model_weights
 from RandAR.utils.config import load_config
-from RandAR.utils.config_schema import VQTrainArgs
+from RandAR.utils.config_schema import ConfigError, VQTrainArgs
 from RandAR.utils.images import image_grid
 from RandAR.utils.seeding import Stream, seed_for
 
@@ -36,7 +36,10 @@ def load_train_config(path: str, overrides: Sequence[str] = ()) -> Tuple[DictCon
     config shows every setting."""
     cfg = load_config(path, overrides)
     cfg.train = OmegaConf.merge(OmegaConf.structured(VQTrainArgs), cfg.get("train", None) or {})
-    return cfg, VQTrainArgs(**OmegaConf.to_container(cfg.train, resolve=True))
+    try:
+        return cfg, VQTrainArgs(**OmegaConf.to_container(cfg.train, resolve=True))
+    except ConfigError as e:  # a value out of range (VQTrainArgs.__post_init__)
+        raise ConfigError(f"{path}: {e}") from e
 
 
 @torch.no_grad()

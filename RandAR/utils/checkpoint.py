@@ -10,13 +10,12 @@ import os
 from typing import Dict, Mapping, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from RandAR.utils.atomic import atomic_path
-from RandAR.utils.config import to_plain
-from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS, check_config
+from RandAR.utils.config import instantiate_from_config, load_config, read_config, to_plain
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 # Prefixes added by DDP (`module.`) and torch.compile (`_orig_mod.`); never part of the official keys.
@@ -56,8 +55,8 @@ def save_export(path: str, state_dict: Mapping[str, torch.Tensor], config, step:
 
 
 def export_config(path: str) -> Optional[DictConfig]:
-    """The config an export of `save_export` carries (checked and completed like a YAML config), or None when
-    the file carries none (an official checkpoint, a torch file)."""
+    """The config an export of `save_export` carries (read like a YAML config: canonical, checked, completed), or
+    None when the file carries none (an official checkpoint, a torch file)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not path.endswith(".safetensors"):
@@ -66,7 +65,7 @@ def export_config(path: str) -> Optional[DictConfig]:
         text = (f.metadata() or {}).get("config")
     if text is None:
         return None
-    return check_config(OmegaConf.create(json.loads(text)), f"{path} (the config in its metadata)")
+    return read_config(json.loads(text), f"{path} (the config in its metadata)")
 
 
 def save_model_safetensors(model: torch.nn.Module, path: str, metadata: Optional[Dict[str, str]] = None):
@@ -121,30 +120,26 @@ def _shape_report(model_sd, sd):
     return missing, unexpected, mis_shaped
 
 
-def _meta_shapes(config, ignore=()) -> Dict[str, tuple]:
-    from RandAR.utils.config import instantiate_from_config
-
+def _meta_shapes(config) -> Dict[str, tuple]:
     with torch.device("meta"):
-        model = instantiate_from_config(config, ignore=ignore)
+        model = instantiate_from_config(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def suggest_config(state_dict: Mapping[str, torch.Tensor], config_root: str = CONFIG_ROOT) -> Optional[str]:
     """Name a shipped YAML config whose model has exactly these keys and shapes, if any."""
-    from omegaconf import OmegaConf
-
     want = {k: tuple(v.shape) for k, v in state_dict.items()}
     for path in sorted(glob.glob(os.path.join(config_root, "*", "*.yaml"))):
         if os.path.islink(path):  # an alias (randar_xl_0.7b.yaml): name the file it points to
             continue
         try:
-            cfg = OmegaConf.load(path)
+            cfg = load_config(path)
         except Exception:
             continue
         for section in ("ar_model", "tokenizer", "model"):
             if section in cfg and "target" in cfg[section]:
                 try:
-                    if _meta_shapes(cfg[section], OFFICIAL_UNUSED_KEYS.get(f"{section}.params", ())) == want:
+                    if _meta_shapes(cfg[section]) == want:
                         return os.path.relpath(path, os.path.dirname(config_root))
                 except Exception:
                     pass

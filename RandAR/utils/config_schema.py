@@ -10,8 +10,9 @@ Sections holding `target`/`params` (ar_model, dataset, tokenizer, model) are che
 that `target` names: `params` may hold exactly its arguments. The other sections are the dataclasses below,
 merged as OmegaConf structured configs (which converts and type-checks the values and fills the defaults).
 
-A key that is neither in the schema nor in OFFICIAL_UNUSED_KEYS is an error naming the closest valid key: a
-misspelt `warmup_iters` or `max_grad_nrom` would otherwise be silently ignored.
+A key that is not in the schema is an error naming the closest valid key: a misspelt `warmup_iters` or
+`max_grad_nrom` would otherwise be silently ignored. The configs checked here are canonical (RandAR.utils.compat:
+the official keys no code reads are dropped and old targets renamed where a config is read).
 """
 import dataclasses
 import difflib
@@ -21,17 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from RandAR.utils.compat import TARGET_SECTIONS
 from RandAR.utils.targets import get_obj_from_str
-
-# Keys of the official configs (ziqipang/RandAR) that this code reads from nowhere, accepted so that those
-# configs load unchanged. Top level: the original took the experiment name, initial weights and FID settings
-# from flags (exp_name, gpt_ckpt) or never read them (resume_from, fid_*). ar_model.params: arguments of
-# RandARTransformer kept for compatibility and ignored (see its docstring).
-OFFICIAL_UNUSED_KEYS: Dict[str, Sequence[str]] = {
-    "": ("exp_name", "resume_from", "gpt_ckpt", "fid_ref_path", "fid_save_dir", "fid_num_samples",
-         "fid_eval_every"),
-    "ar_model.params": ("caption_dim", "max_batch_size", "max_seq_len", "zero_class_qk"),
-}
 
 # The original training exported model weights it kept at these steps (RandAR-L/XL, 360k iterations).
 ORIGINAL_EXPORT_MILESTONES = [50000, 100000, 200000, 300000]
@@ -135,17 +127,17 @@ class VQTrainArgs:
     seed: int = 0
 
     def __post_init__(self):
-        assert self.recon_loss in ("l1", "l2"), f"train.recon_loss must be l1 or l2, got {self.recon_loss!r}"
-        assert self.iterations > 0 and self.batch_size > 0, "train.iterations and train.batch_size must be > 0"
+        if self.recon_loss not in ("l1", "l2"):
+            raise ConfigError(f"train.recon_loss must be l1 or l2, got {self.recon_loss!r}")
+        if self.iterations <= 0 or self.batch_size <= 0:
+            raise ConfigError(f"train.iterations and train.batch_size must be > 0, got {self.iterations} and "
+                              f"{self.batch_size}")
 
 
 @dataclass
 class TokenizationConfig:
     model: TargetSection = field(default_factory=TargetSection)
     train: Optional[VQTrainArgs] = None
-
-
-TARGET_SECTIONS = ("ar_model", "dataset", "tokenizer", "model")
 
 
 def _unknown(source: str, full_key: str, valid: Sequence[str]) -> ConfigError:
@@ -177,19 +169,16 @@ def _check_target_section(data, where: str, source: str):
         raise ConfigError(f"{source}: `{where}.target`: {e}") from e
     params = data.get("params") or {}
     if valid is not None:
-        allowed = set(valid) | set(OFFICIAL_UNUSED_KEYS.get(where + ".params", ()))
         for key in params:
-            if key not in allowed:
+            if key not in valid:
                 raise _unknown(source, f"{where}.params.{key}", valid)
 
 
 def _check_keys(data: dict, schema, where: str, source: str):
-    """Every key of `data` is a field of the dataclass `schema` (or listed in OFFICIAL_UNUSED_KEYS); recurses."""
+    """Every key of `data` is a field of the dataclass `schema`; recurses."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key, value in data.items():
         full = f"{where}.{key}" if where else str(key)
-        if key in OFFICIAL_UNUSED_KEYS.get(where, ()):
-            continue
         if key not in fields:
             raise _unknown(source, full, list(fields))
         if key in TARGET_SECTIONS and not where:
@@ -225,7 +214,6 @@ def check_config(cfg: DictConfig, source: str) -> DictConfig:
         raise ConfigError(f"{source}: a config must be a mapping of keys, got {type(data).__name__}")
     schema = schema_for(data)
     _check_keys(data, schema, "", source)
-    unused = {k: data.pop(k) for k in list(data) if k in OFFICIAL_UNUSED_KEYS[""]}
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)
     except Exception as e:  # omegaconf ValidationError: a value of the wrong type
@@ -237,5 +225,4 @@ def check_config(cfg: DictConfig, source: str) -> DictConfig:
     for section in TARGET_SECTIONS:
         if section in data:
             out[section] = data[section]
-    out.update(unused)
     return OmegaConf.create(out)
