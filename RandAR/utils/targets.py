@@ -2,7 +2,6 @@
 import importlib
 
 
-
 def get_obj_from_str(path: str):
     """'package.module.Name' -> the object it names."""
     module, name = path.rsplit(".", 1)
