@@ -92,7 +92,7 @@ def pairwise_sq_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     float16, and in float32 only when some entry of the float16 block is not finite (overflow).
 
     Not bit for bit TensorFlow's: TF sums the float16 norms and the product in its own order, so entries differ
-    in the last float16 bit or two (RandAR.eval.tolerances.FLOAT16_DISTANCE_RTOL); exact ADM numbers come from
+    by about a float16 ulp of |u|^2 + |v|^2 (RandAR.eval.tolerances.FLOAT16_DISTANCE_RTOL); ADM's numbers come from
     InceptionV3TF.pairwise_distances, which runs ADM's ops in TensorFlow."""
     with np.errstate(over="ignore", invalid="ignore"):
         d = _sq_distances(np.asarray(u, np.float32), np.asarray(v, np.float32), np.float16)
