@@ -2,7 +2,8 @@
 
 The synthetic graph carries the tensor names the evaluator reads from the real classify_image_graph_def.pb
 (ExpandDims:0, mixed_6/conv:0, pool_3:0, softmax/logits/MatMul) with small widths, so its features can be
-recomputed here in numpy and the metrics checked against an independent computation.
+recomputed here in numpy and the metrics checked against an independent computation. Precision/recall's
+distances are checked against ADM's DistanceBlock written with its TensorFlow ops and run by TensorFlow here.
 """
 import json
 import os
