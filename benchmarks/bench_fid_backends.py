@@ -6,6 +6,10 @@ total, and the speed ratio torch/TF from alternating rounds on one batch.
     python benchmarks/bench_fid_backends.py --inception-path classify_image_graph_def.pb --num-images 2000 \\
         --device cuda                                            # the real graph; torch on the GPU, TF on CPU
 
+It also compares precision/recall's distances: metrics.pairwise_sq_distances (ADM's float16 formula in numpy,
+what --backend torch uses) against ADM's TF ops (what --backend tf uses, on the device TF runs on), on the pool
+features of the sample and reference images; RandAR.eval.tolerances states what was measured on CPU.
+
 Images: random 4x4-cell colour images with noise (reference and a brighter sample set, --num-images each), so the
 numbers mean nothing about image quality; they are only compared between the backends. Without
 --inception-path, the graph is tests/tf_graphs.InceptionLike (the real graph's op types and names, random
@@ -23,7 +27,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from RandAR.eval import fid  # noqa: E402
+from RandAR.eval import fid, metrics  # noqa: E402
 
 
 class TimedExtractor:
@@ -31,6 +35,8 @@ class TimedExtractor:
 
     def __init__(self, extractor):
         self.extractor, self.seconds, self.images = extractor, 0.0, 0
+        if hasattr(extractor, "pairwise_distances"):  # --backend tf: precision/recall with ADM's TF distances
+            self.pairwise_distances = extractor.pairwise_distances
 
     def pool_features(self, images):
         start = time.perf_counter()
@@ -72,6 +78,19 @@ def interleaved_speed(extractors, images, batches, rounds):
     return {name: batches[name] / statistics.median(t) for name, t in times.items()}
 
 
+def compare_distances(tf_extractor, ref, sample, n=500):
+    """numpy float16 distances (metrics.pairwise_sq_distances) vs ADM's TF ops on the first n images' features."""
+    a = tf_extractor.pool_features(next(fid.iter_npz_batches(ref, n)))[0]
+    b = tf_extractor.pool_features(next(fid.iter_npz_batches(sample, n)))[0]
+    want, got = tf_extractor.pairwise_distances(a, b), metrics.pairwise_sq_distances(a, b)
+    norms = np.sum(a.astype(np.float64) ** 2, 1)[:, None] + np.sum(b.astype(np.float64) ** 2, 1)[None]
+    rel = np.abs(got - want) / norms  # as tolerances.FLOAT16_DISTANCE_RTOL
+    pr_tf = metrics.precision_recall(a, b, distances=tf_extractor.pairwise_distances)
+    pr_np = metrics.precision_recall(a, b)
+    print(f"distances of {len(a)} x {len(b)} pool features: {int(np.sum(got != want))} of {want.size} differ, "
+          f"max difference / (|u|^2 + |v|^2) {rel.max():.2e}; precision, recall: TF {pr_tf} numpy {pr_np}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inception-path", default=None, help="the real classify_image_graph_def.pb (default: the "
@@ -108,6 +127,8 @@ def main():
                                     batch=batch)
         batches = {b: r["batch"] for b, r in results.items()}
         speed = interleaved_speed(extractors, speed_images, batches, args.rounds)
+        if "tf" in extractors:
+            compare_distances(extractors["tf"], ref, sample)
 
     columns = [*fid.METRIC_NAMES, "batch", "load_s", "features_s", "total_s", "img/s"]
     print(f"{'backend':8s}" + "".join(f"{c:>18s}" for c in columns))

@@ -270,3 +270,18 @@ def test_guide_config_names_alias_the_llamagen_configs(alias, target):
     path = os.path.join(ROOT, "configs", "randar", alias)
     assert os.path.islink(path) and os.readlink(path) == target  # an alias, not a copy that could drift
     assert load_config(path) == load_config(os.path.join(ROOT, "configs", "randar", target))
+
+
+def test_docs_state_the_tolerances_the_tests_use():
+    # "`NAME` = value" in the docs names a constant of RandAR/eval/tolerances.py, which the tests import.
+    from RandAR.eval import tolerances
+
+    names = [n for n in vars(tolerances) if n.isupper()]
+    required = {"README.md": {"METRIC_RTOL", "PRECISION_RECALL_ATOL"}, "GETTING_STARTED.md": set(names)}
+    for doc in DOCS:
+        text = open(os.path.join(ROOT, doc)).read()
+        stated = re.findall(r"`([A-Z][A-Z0-9_]*)` = ([0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)", text)
+        assert required[doc] <= {name for name, _ in stated}, (doc, required[doc])
+        for name, value in stated:
+            assert name in names, f"{doc}: {name} is not in RandAR/eval/tolerances.py"
+            assert float(value) == getattr(tolerances, name), f"{doc} says {name} = {value}"

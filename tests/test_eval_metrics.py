@@ -2,7 +2,8 @@
 
 The synthetic graph carries the tensor names the evaluator reads from the real classify_image_graph_def.pb
 (ExpandDims:0, mixed_6/conv:0, pool_3:0, softmax/logits/MatMul) with small widths, so its features can be
-recomputed here in numpy and the metrics checked against an independent computation.
+recomputed here in numpy and the metrics checked against an independent computation. Precision/recall's
+distances are checked against ADM's DistanceBlock written with its TensorFlow ops and run by TensorFlow here.
 """
 import json
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from RandAR.eval import fid, inception_graph, metrics
+from RandAR.eval import fid, inception_graph, metrics, tolerances
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,7 +113,6 @@ def test_precision_recall_batched_equals_brute_force():
     np.testing.assert_allclose(metrics.manifold_radii(ref, row_batch=7, col_batch=11),
                                np.sort(cdist(ref, ref, "sqeuclidean"), axis=1)[:, 3], rtol=2e-3, atol=2e-3)
     assert metrics.precision_recall(ref, sample, row_batch=13, col_batch=17) == metrics.precision_recall(ref, sample)
-    assert metrics.precision_recall(ref, sample) == _adm_precision_recall(ref, sample)
 
 
 def _brute_force_pr(ref, sample, k=3):
@@ -123,64 +123,92 @@ def _brute_force_pr(ref, sample, k=3):
     return float((d <= r_ref[:, None]).any(0).mean()), float((d <= r_sample[None]).any(1).mean())
 
 
-def _adm_block(u, v):
-    """ADM's DistanceBlock written out: |u|^2 - 2 u.v + |v|^2 with every tensor in float16 (squares, norms, the
-    product, each sum), accumulations in float32; the float32 formula when the float16 block is not finite."""
-    def formula(u, v, t):
-        u, v = u.astype(t), v.astype(t)
-        norm_u = (u * u).astype(np.float32).sum(1).astype(t)
-        norm_v = (v * v).astype(np.float32).sum(1).astype(t)
-        uv = np.einsum("id,jd->ij", u.astype(np.float32), v.astype(np.float32)).astype(t)
-        return np.maximum((norm_u[:, None] - uv * t(2)) + norm_v[None, :], t(0))
+@pytest.fixture(scope="module")
+def adm_distances():
+    """ADM's DistanceBlock as guided-diffusion's evaluations/evaluator.py builds it (its TF ops, float16 with the
+    float32 graph when the float16 block is not finite), run by TensorFlow on CPU: (u, v) -> float32 block."""
+    tf = pytest.importorskip("tensorflow.compat.v1")
 
-    with np.errstate(over="ignore", invalid="ignore"):
-        d = formula(u, v, np.float16)
-    return (d if np.isfinite(d).all() else formula(u, v, np.float32)).astype(np.float32)
+    def batch_pairwise_distances(u, v):
+        norm_u = tf.reshape(tf.reduce_sum(tf.square(u), 1), [-1, 1])
+        norm_v = tf.reshape(tf.reduce_sum(tf.square(v), 1), [1, -1])
+        return tf.maximum(norm_u - 2 * tf.matmul(u, v, False, True) + norm_v, 0.0)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        u, v = tf.placeholder(tf.float32, [None, None]), tf.placeholder(tf.float32, [None, None])
+        d16 = batch_pairwise_distances(tf.cast(u, tf.float16), tf.cast(v, tf.float16))
+        block = tf.cond(tf.reduce_all(tf.math.is_finite(d16)), lambda: tf.cast(d16, tf.float32),
+                        lambda: batch_pairwise_distances(u, v))
+    with tf.Session(graph=graph) as session:
+        yield lambda a, b: session.run(block, {u: a, v: b})
 
 
-def _adm_precision_recall(ref, sample, k=3, block=10000):
-    """ADM's ManifoldEstimator: radii and ball tests from `block` x `block` distance blocks."""
-    def blocks(a, b):
-        return np.concatenate([np.concatenate([_adm_block(a[i:i + block], b[j:j + block])
-                                               for j in range(0, len(b), block)], 1)
-                               for i in range(0, len(a), block)], 0)
+@pytest.fixture(scope="module")
+def tf_extractor(graph):
+    """`--backend tf`'s extractor (on the synthetic graph): precision/recall take its pairwise_distances."""
+    with fid.InceptionV3TF(graph[0]) as extractor:
+        yield extractor
 
-    r_ref = np.sort(blocks(ref, ref), axis=1)[:, k]
-    r_sample = np.sort(blocks(sample, sample), axis=1)[:, k]
-    d = blocks(ref, sample)
-    return float((d <= r_ref[:, None]).any(0).mean()), float((d <= r_sample[None]).any(1).mean())
+
+def _features(seed, n_ref=40, n_sample=30, dim=16):
+    """Non-negative, Inception-like features: references and samples shifted apart."""
+    rng = np.random.default_rng(seed)
+    ref = np.abs(rng.normal(size=(n_ref, dim)) * 4).astype(np.float32)
+    sample = (np.abs(rng.normal(size=(n_sample, dim)) * 4) + 0.5).astype(np.float32)
+    return ref, sample
 
 
 @pytest.mark.parametrize("seed, differs", [(11, "recall"), (34, "precision")])
-def test_precision_recall_uses_adms_float16_distances(seed, differs):
-    # Inception-like non-negative features; for these seeds float16 rounding moves a point across a ball's edge.
-    rng = np.random.default_rng(seed)
-    ref = np.abs(rng.normal(size=(40, 16)) * 4).astype(np.float32)
-    sample = (np.abs(rng.normal(size=(30, 16)) * 4) + 0.5).astype(np.float32)
-    np.testing.assert_array_equal(metrics.pairwise_sq_distances(ref, sample), _adm_block(ref, sample))
-    adm, exact = _adm_precision_recall(ref, sample), _brute_force_pr(ref, sample)
+def test_tf_backend_precision_recall_are_adms(seed, differs, adm_distances, tf_extractor):
+    # For these seeds ADM's float16 distances move a point across a ball's edge (float64 decides otherwise).
+    ref, sample = _features(seed)
+    adm = metrics.precision_recall(ref, sample, distances=adm_distances)
     i = ("precision", "recall").index(differs)
-    assert adm[i] != exact[i]  # the case separates the two arithmetics
-    assert metrics.precision_recall(ref, sample) == adm
+    assert adm[i] != _brute_force_pr(ref, sample)[i]  # the case separates float16 from exact arithmetic
+    for u, v in [(ref, sample), (ref, ref), (sample, sample)]:
+        np.testing.assert_array_equal(tf_extractor.pairwise_distances(u, v), adm_distances(u, v))
+    assert metrics.precision_recall(ref, sample, distances=tf_extractor.pairwise_distances) == adm
 
 
-def test_distance_block_falls_back_to_float32_per_block():
-    rng = np.random.default_rng(12)
-    ref = np.abs(rng.normal(size=(30, 16)) * 4).astype(np.float32)
-    sample = (np.abs(rng.normal(size=(24, 16)) * 4) + 0.5).astype(np.float32)
+def test_numpy_distances_agree_with_adms_tensorflow_within_tolerance(adm_distances):
+    # metrics.pairwise_sq_distances (the torch backend's and other extractors' distances) is ADM's formula in
+    # float16 but not TF's summation order: about a float16 ulp of the norms apart, so precision/recall may
+    # differ by the few points that close to a ball's edge.
+    differ = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        ref = np.abs(rng.normal(size=(160, 256)) * 0.5).astype(np.float32)
+        sample = (np.abs(rng.normal(size=(140, 256)) * 0.5) + 0.05).astype(np.float32)
+        sample[:10] = ref[:10] + rng.normal(size=(10, 256)).astype(np.float32) * 0.005  # near duplicates
+        want, got = adm_distances(ref, sample), metrics.pairwise_sq_distances(ref, sample)
+        norms = np.sum(ref.astype(np.float64) ** 2, 1)[:, None] + np.sum(sample.astype(np.float64) ** 2, 1)[None]
+        assert np.all(np.abs(got - want) <= tolerances.FLOAT16_DISTANCE_RTOL * norms)
+        differ += int(np.any(got != want))
+        adm = metrics.precision_recall(ref, sample, distances=adm_distances)
+        np.testing.assert_allclose(metrics.precision_recall(ref, sample), adm,
+                                   rtol=0, atol=tolerances.PRECISION_RECALL_ATOL)
+    assert differ == 6  # not bit for bit: the tolerance is needed
+
+
+def test_distance_block_falls_back_to_float32_per_block(adm_distances, tf_extractor):
+    ref, sample = _features(12, 30, 24)
     ref[3] *= 40  # |x|^2 > 65504: float16 overflows in every block that holds this row
     sample[20] *= 40
-    d = metrics.pairwise_sq_distances(ref, sample)
-    u, v = ref.astype(np.float64), sample.astype(np.float64)
-    np.testing.assert_allclose(d, cdist(u, v, "sqeuclidean"), rtol=1e-5)  # float32 block, finite
     assert np.sum(ref[3].astype(np.float64) ** 2) > np.finfo(np.float16).max
-    # Blocks of 10: only those with row 3 or sample 20 use float32, the others stay float16 as in ADM.
-    assert metrics.precision_recall(ref, sample, row_batch=10, col_batch=10) == \
-        _adm_precision_recall(ref, sample, block=10)
-    # float32 blocks may differ in the last bit (another summation order); float16 ones would differ by ~1e-3.
-    blocks = [[_adm_block(sample[i:i + 10], sample[j:j + 10]) for j in (0, 10, 20)] for i in (0, 10, 20)]
-    np.testing.assert_allclose(metrics.manifold_radii(sample, row_batch=10, col_batch=10),
-                               np.sort(np.block(blocks), axis=1)[:, 3], rtol=1e-6)
+    exact = cdist(ref.astype(np.float64), sample.astype(np.float64), "sqeuclidean")
+    for distances in (metrics.pairwise_sq_distances, tf_extractor.pairwise_distances):
+        np.testing.assert_allclose(distances(ref, sample), exact, rtol=1e-5)  # a finite float32 block
+    np.testing.assert_array_equal(tf_extractor.pairwise_distances(ref, sample), adm_distances(ref, sample))
+    # Blocks of 10: only those with sample 20 use float32, the others stay float16 as in ADM.
+    blocks = [[adm_distances(sample[i:i + 10], sample[j:j + 10]) for j in (0, 10, 20)] for i in (0, 10, 20)]
+    radii = np.sort(np.block(blocks), axis=1)[:, 3]
+    np.testing.assert_array_equal(
+        metrics.manifold_radii(sample, row_batch=10, col_batch=10, distances=tf_extractor.pairwise_distances), radii)
+    assert np.any(radii != np.sort(adm_distances(sample, sample), axis=1)[:, 3])  # one block: all in float32
+    assert metrics.precision_recall(ref, sample, row_batch=10, col_batch=10,
+                                    distances=tf_extractor.pairwise_distances) == \
+        metrics.precision_recall(ref, sample, row_batch=10, col_batch=10, distances=adm_distances)
 
 
 # ---------------------------------------------------------------- streaming .npz reader
@@ -273,7 +301,7 @@ def test_inception_features_match_graph_math(graph, batches):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_evaluate_end_to_end(graph, batches):
+def test_evaluate_end_to_end(graph, batches, adm_distances):
     path, w = graph
     d, ref, sample = batches
     result = fid.evaluate(str(d / "ref.npz"), str(d / "sample.npz"), batch_size=16, inception_path=path)
@@ -287,12 +315,22 @@ def test_evaluate_end_to_end(graph, batches):
         "sfid": _closed_form_fid(*stats(spatial), *stats(ref_spatial)),
         "inception_score": np.exp(np.mean(np.sum(probs * np.log(probs / py), axis=1))),
     }
-    expected["precision"], expected["recall"] = _adm_precision_recall(ref_pool.astype(np.float32),
-                                                                      pool.astype(np.float32))
+    expected["precision"], expected["recall"] = metrics.precision_recall(
+        ref_pool.astype(np.float32), pool.astype(np.float32), distances=adm_distances)
     assert set(result) == set(fid.METRIC_NAMES)
     for name in fid.METRIC_NAMES:
         assert result[name] == pytest.approx(expected[name], rel=1e-3, abs=1e-5), name
     assert 0 < result["precision"] < 1 and 0 < result["recall"] < 1  # a non-trivial check
+
+
+def test_tf_backend_never_uses_the_numpy_distances(graph, batches, monkeypatch):
+    d, _, _ = batches
+    want = fid.evaluate(str(d / "ref.npz"), str(d / "sample.npz"), inception_path=graph[0])
+
+    def refused(u, v, dtype):
+        raise AssertionError("--backend tf computed a distance block outside TensorFlow")
+    monkeypatch.setattr(metrics, "_sq_distances", refused)  # what metrics.pairwise_sq_distances computes with
+    assert fid.evaluate(str(d / "ref.npz"), str(d / "sample.npz"), inception_path=graph[0]) == want
 
 
 def test_evaluate_uses_stored_reference_statistics(graph, batches, tmp_path):

@@ -16,8 +16,11 @@ class GraphBuilder:
         self.tf = tf
         self.graph_def = tf.GraphDef()
         self.graph_def.versions.producer = PRODUCER
+        self.prefix = ""  # put before every node name written (and every input named), e.g. "case3/"
 
     def _attr(self, value):
+        from tensorflow.core.framework import tensor_pb2
+
         tf = self.tf
         if isinstance(value, tf.DType):
             return tf.AttrValue(type=value.as_datatype_enum)
@@ -33,10 +36,14 @@ class GraphBuilder:
             return tf.AttrValue(list=tf.AttrValue.ListValue(i=list(value)))
         if isinstance(value, np.ndarray):
             return tf.AttrValue(tensor=tf.make_tensor_proto(value))
+        if isinstance(value, tensor_pb2.TensorProto):
+            return tf.AttrValue(tensor=value)
         raise TypeError(f"attribute value {value!r}")
 
     def op(self, name, op, inputs=(), **attrs):
-        node = self.graph_def.node.add(name=name, op=op, input=list(inputs))
+        control = [i.startswith("^") for i in inputs]
+        inputs = [("^" if c else "") + self.prefix + i.lstrip("^") for i, c in zip(inputs, control)]
+        node = self.graph_def.node.add(name=self.prefix + name, op=op, input=inputs)
         for key, value in attrs.items():
             node.attr[key].CopyFrom(self._attr(value))
         return name

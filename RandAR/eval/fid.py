@@ -10,8 +10,9 @@ Two layers, so other networks can plug in:
   - `InceptionV3TF` is ADM's extractor: the frozen TF Inception-v3 graph `classify_image_graph_def.pb`, from
     --inception-path / $RANDAR_INCEPTION_PATH, else from ~/.cache/randar/, downloaded there on first use
     (RandAR.eval.inception_graph).
-    `evaluate(ref, sample)` uses it; `backend="torch"` runs the same graph with PyTorch instead
-    (RandAR.eval.inception_torch, no TensorFlow).
+    It also computes precision/recall's distance blocks with ADM's own TensorFlow ops, so with it all five
+    numbers are ADM's. `evaluate(ref, sample)` uses it; `backend="torch"` runs the same graph with PyTorch instead
+    (RandAR.eval.inception_torch, no TensorFlow; distances from metrics.pairwise_sq_distances).
 """
 import argparse
 import os
@@ -38,6 +39,9 @@ class FeatureExtractor(Protocol):
         """uint8 images (N, H, W, 3) -> (pool (N, D) for FID/precision/recall,
         spatial (N, D2) for sFID or None to skip sFID, class probabilities (N, C) for IS)."""
         ...
+
+    # Optional: `pairwise_distances(u, v)` -> squared distances (float32) for precision/recall; without it they
+    # come from metrics.pairwise_sq_distances.
 
 
 # ---------------------------------------------------------------- ADM's Inception-v3 extractor (TensorFlow)
@@ -69,6 +73,13 @@ class InceptionV3TF:
             self._spatial = spatial[..., :SPATIAL_CHANNELS]  # (N, h, w, 7)
             self._pool_in = tf.placeholder(tf.float32, shape=[None, None])
             self._probs = tf.nn.softmax(tf.matmul(self._pool_in, matmul.inputs[1]))  # (N, C)
+            # ADM's DistanceBlock for precision/recall: its ops in float16, and in float32 for a block whose
+            # float16 result is not finite.
+            self._u = tf.placeholder(tf.float32, shape=[None, None])
+            self._v = tf.placeholder(tf.float32, shape=[None, None])
+            d16 = _adm_sq_distances(tf, tf.cast(self._u, tf.float16), tf.cast(self._v, tf.float16))
+            self._distances = tf.cond(tf.reduce_all(tf.math.is_finite(d16)), lambda: tf.cast(d16, tf.float32),
+                                      lambda: _adm_sq_distances(tf, self._u, self._v))
         config = tf.ConfigProto(allow_soft_placement=True)  # the graph's DecodeJpeg op has no GPU kernel
         config.gpu_options.allow_growth = True
         self.session = tf.Session(graph=graph, config=config)
@@ -80,6 +91,11 @@ class InceptionV3TF:
         probs = self.session.run(self._probs, {self._pool_in: pool})
         return pool, spatial.reshape(len(spatial), -1), probs
 
+    def pairwise_distances(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Squared distances [len(u), len(v)] float32 computed by TensorFlow as ADM's evaluator computes them
+        (metrics.precision_recall's `distances`)."""
+        return self.session.run(self._distances, {self._u: u, self._v: v})
+
     def close(self):
         self.session.close()
 
@@ -88,6 +104,13 @@ class InceptionV3TF:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _adm_sq_distances(tf, u, v):
+    """ADM's _batch_pairwise_distances: max(|u|^2 - 2 u v^T + |v|^2, 0) in the dtype of u and v."""
+    norm_u = tf.reshape(tf.reduce_sum(tf.square(u), 1), [-1, 1])  # (Nu, 1)
+    norm_v = tf.reshape(tf.reduce_sum(tf.square(v), 1), [1, -1])  # (1, Nv)
+    return tf.maximum(norm_u - 2 * tf.matmul(u, v, False, True) + norm_v, 0.0)
 
 
 # ---------------------------------------------------------------- streaming .npz reading
@@ -198,7 +221,8 @@ def evaluate_with(extractor: FeatureExtractor, ref_npz: str, sample_npz: str, ba
     if sample_stats_s is not None and ref_stats_s is not None:
         result["sfid"] = metrics.frechet_distance(*sample_stats_s, *ref_stats_s)
     if with_precision_recall:
-        result["precision"], result["recall"] = metrics.precision_recall(ref_pool, pool)
+        distances = getattr(extractor, "pairwise_distances", metrics.pairwise_sq_distances)
+        result["precision"], result["recall"] = metrics.precision_recall(ref_pool, pool, distances=distances)
     return result
 
 

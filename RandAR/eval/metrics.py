@@ -3,8 +3,9 @@
 Plain numpy/scipy and no feature extractor in here, so any network's features can be scored:
   FID / sFID   `compute_statistics` + `frechet_distance`
   IS           `inception_score` on class probabilities
-  precision / recall   `precision_recall` (Kynkaanniemi et al. 2019, k = 3 nearest-neighbour balls;
-                       distances in float16 as ADM)
+  precision / recall   `precision_recall` (Kynkaanniemi et al. 2019, k = 3 nearest-neighbour balls), from
+                       blocks of pairwise distances: by default `pairwise_sq_distances` (ADM's float16 formula in
+                       numpy); RandAR.eval.fid.InceptionV3TF passes ADM's own TensorFlow distance block instead
 """
 import warnings
 
@@ -87,8 +88,12 @@ def _sq_distances(u: np.ndarray, v: np.ndarray, dtype) -> np.ndarray:
 
 
 def pairwise_sq_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances [len(u), len(v)] -> float32, exactly as ADM's DistanceBlock: the formula in
-    float16, and in float32 only when some entry of the float16 block is not finite (overflow)."""
+    """Squared Euclidean distances [len(u), len(v)] -> float32 with ADM's DistanceBlock's formula and dtypes: in
+    float16, and in float32 only when some entry of the float16 block is not finite (overflow).
+
+    Not bit for bit TensorFlow's: TF sums the float16 norms and the product in its own order, so entries differ
+    by about a float16 ulp of |u|^2 + |v|^2 (RandAR.eval.tolerances.FLOAT16_DISTANCE_RTOL); ADM's numbers come from
+    InceptionV3TF.pairwise_distances, which runs ADM's ops in TensorFlow."""
     with np.errstate(over="ignore", invalid="ignore"):
         d = _sq_distances(np.asarray(u, np.float32), np.asarray(v, np.float32), np.float16)
     if np.isfinite(d).all():
@@ -97,12 +102,12 @@ def pairwise_sq_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def manifold_radii(features: np.ndarray, k: int = NHOOD_SIZE, row_batch: int = BLOCK_SIZE,
-                   col_batch: int = BLOCK_SIZE) -> np.ndarray:
+                   col_batch: int = BLOCK_SIZE, distances=pairwise_sq_distances) -> np.ndarray:
     """Squared distance from each feature vector to its k-th nearest neighbour in the same set -> [N] float32.
 
     The point itself (distance ~0) is one of the candidates, as in ADM: the radius is the (k+1)-th smallest
     entry of its distance row. Rows are done `row_batch` at a time (memory row_batch x N), each row batch in
-    blocks of `col_batch` columns, as ADM.
+    blocks of `col_batch` columns, as ADM; `distances(u, v)` computes one block.
     """
     n = len(features)
     assert n > k, f"need more than k={k} feature vectors for k-NN radii, got {n}"
@@ -112,28 +117,28 @@ def manifold_radii(features: np.ndarray, k: int = NHOOD_SIZE, row_batch: int = B
         r1 = min(r0 + row_batch, n)
         for c0 in range(0, n, col_batch):
             c1 = min(c0 + col_batch, n)
-            rows[: r1 - r0, c0:c1] = pairwise_sq_distances(features[r0:r1], features[c0:c1])
+            rows[: r1 - r0, c0:c1] = distances(features[r0:r1], features[c0:c1])
         radii[r0:r1] = np.partition(rows[: r1 - r0], k, axis=1)[:, k]
     return radii
 
 
 def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: int = NHOOD_SIZE,
-                     row_batch: int = BLOCK_SIZE, col_batch: int = BLOCK_SIZE):
+                     row_batch: int = BLOCK_SIZE, col_batch: int = BLOCK_SIZE, distances=pairwise_sq_distances):
     """Improved precision and recall (k-NN manifolds) -> (precision, recall), as ADM's ManifoldEstimator.
 
     precision: fraction of samples inside at least one reference ball (radius = that reference's k-NN distance);
     recall: fraction of references inside at least one sample ball. Distances between the sets are computed in
-    blocks of `row_batch` references x `col_batch` samples.
+    blocks of `row_batch` references x `col_batch` samples, each by `distances(u, v)`.
     """
-    ref_radii = manifold_radii(ref_features, k, row_batch, col_batch)  # (Nr,)
-    sample_radii = manifold_radii(sample_features, k, row_batch, col_batch)  # (Ns,)
+    ref_radii = manifold_radii(ref_features, k, row_batch, col_batch, distances)  # (Nr,)
+    sample_radii = manifold_radii(sample_features, k, row_batch, col_batch, distances)  # (Ns,)
     ref_in = np.zeros(len(ref_features), dtype=bool)
     sample_in = np.zeros(len(sample_features), dtype=bool)
     for r0 in range(0, len(ref_features), row_batch):
         r1 = r0 + row_batch
         for s0 in range(0, len(sample_features), col_batch):
             s1 = s0 + col_batch
-            d = pairwise_sq_distances(ref_features[r0:r1], sample_features[s0:s1])  # (Br, Bs)
+            d = distances(ref_features[r0:r1], sample_features[s0:s1])  # (Br, Bs)
             ref_in[r0:r1] |= np.any(d <= sample_radii[None, s0:s1], axis=1)
             sample_in[s0:s1] |= np.any(d <= ref_radii[r0:r1, None], axis=0)
     return float(np.mean(sample_in)), float(np.mean(ref_in))

@@ -20,8 +20,10 @@ Layout: tensors keep TensorFlow's layout (NHWC), so every op's axes, broadcastin
 graph says; convolutions and pools hand torch an NCHW *view* of the NHWC memory (torch's channels_last), which
 is also torch's fastest CPU layout for these convolutions (1.2-2x faster than contiguous NCHW).
 
-Batch: a Reshape whose target shape starts with 1 keeps the input's batch size instead, as ADM (after TTUR)
-makes the graph's batch-1 shapes batch-free.
+Batch: every op, Reshape included, computes what TF computes for the shapes it is given. The Inception graph
+hard-codes a batch of 1 only in `pool_3/_reshape` (before its classifier), which is not between `ExpandDims:0`
+and the fetched `pool_3:0` / `mixed_6/conv:0`, so a fed batch of N flows through as in TF. (ADM's
+`_update_shapes` patches TF1's Python-side static shapes; it changes no op's result.)
 """
 import functools
 from typing import Callable, Dict, List, Optional, Sequence, Tuple

@@ -28,9 +28,6 @@ class Builder:
             raise ValueError(f"node {self.node.name} ({self.node.op}): input {i} ({name}) must be a Const")
         return self._constants[name]
 
-    def is_const(self, i: int) -> bool:
-        return self.node.inputs[i][0] in self._constants
-
     def nhwc(self) -> None:
         fmt = self.node.attr("data_format", "NHWC")
         if fmt != "NHWC":
@@ -180,14 +177,9 @@ def op_concat(axis_input: int):
 
 
 def op_reshape(b: Builder):
+    """The graph's target shape as it is (at most one -1), as TF: a leading 1 is a batch of 1."""
     shape = [int(v) for v in b.const(1)]
-    batch_free = bool(shape) and shape[0] == 1 and not b.is_const(0)
-
-    def run(x, _shape):
-        if batch_free:  # the graph's batch of 1 becomes the fed batch, as ADM patches it
-            return x.reshape(x.shape[0], *shape[1:])
-        return x.reshape(shape)
-    return run
+    return lambda x, _shape: x.reshape(shape)
 
 
 def op_expand_dims(b: Builder):
