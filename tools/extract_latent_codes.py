@@ -30,6 +30,7 @@ from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.utils.atomic import atomic_open  # noqa: E402
 from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
 from RandAR.utils.config import load_config  # noqa: E402
+from RandAR.utils.hub import resolve_checkpoint  # noqa: E402
 from RandAR.utils.distributed import (all_reduce_sum, allow_tf32, broadcast_object, cleanup,  # noqa: E402
                                       init_distributed, shard)
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
@@ -131,6 +132,7 @@ def encode_views(tokenizer, views: torch.Tensor, device) -> np.ndarray:
 def setup(args):
     """Everything that can fail on bad inputs, done before the process group and any encoding."""
     tok_cfg, tokenizer_name = tokenizer_section(args.config, args.tokenizer_name)
+    args.vq_ckpt = resolve_checkpoint(args.vq_ckpt, "--vq-ckpt")
     if not os.path.isfile(args.vq_ckpt):
         raise FileNotFoundError(f"--vq-ckpt not found: {args.vq_ckpt}")
     image_source(args.dataset, args.data_path, is_train=not args.debug)  # raises if train.tar etc. is missing

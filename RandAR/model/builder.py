@@ -6,6 +6,7 @@ import torch
 from RandAR.utils.checkpoint import load_model_weights
 from RandAR.utils.config import instantiate_from_config
 from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS
+from RandAR.utils.hub import resolve_checkpoint
 
 # Official config keys RandARTransformer does not take (accepted by the schema, dropped here).
 INERT_PARAMS = OFFICIAL_UNUSED_KEYS["ar_model.params"]
@@ -21,12 +22,12 @@ def build_randar(config, ckpt_path: Optional[str] = None, device="cpu", dtype: O
     model does not use (INERT_PARAMS) are dropped. device "meta": shapes only, no memory.
 
     Loads `ckpt_path` (.safetensors, or a torch file holding a state dict or one under `model`) with
-    strict key/shape checking; a mismatch raises CheckpointMismatchError naming the file and a fitting config.
+    strict key/shape checking (a released checkpoint's file name fetches it: RandAR.utils.hub); a mismatch raises CheckpointMismatchError naming the file and a fitting config.
     """
     section = config["ar_model"] if "ar_model" in config else config
     model = instantiate_from_config(section, ignore=INERT_PARAMS)
     if ckpt_path:
-        load_model_weights(model, ckpt_path)
+        load_model_weights(model, resolve_checkpoint(ckpt_path, "RandAR checkpoint"))
     model = model.to(device)
     if dtype is not None:
         model = model.to(dtype)

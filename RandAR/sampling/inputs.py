@@ -19,6 +19,7 @@ from RandAR.utils.checkpoint import export_config
 from RandAR.utils.config import load_config, to_plain
 from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS
 from RandAR.utils.distributed import allow_tf32
+from RandAR.utils.hub import resolve_checkpoint
 from RandAR.utils.run_stamp import differences_text, file_fingerprint
 from RandAR.utils.targets import canonical_target
 
@@ -89,6 +90,7 @@ def check_inputs(config_path: Optional[str], gpt_ckpt: str, vq_ckpt: Optional[st
     checkpoint and the tokenizer's (vq_ckpt, or the config's) exist and that the config's tokenizer and model
     agree."""
     config = load_config(resolve_config_path(config_path)) if config_path else None
+    gpt_ckpt = resolve_checkpoint(gpt_ckpt, "--gpt-ckpt")
     if not os.path.isfile(gpt_ckpt):
         raise FileNotFoundError(f"--gpt-ckpt {gpt_ckpt} not found")
     config = resolve_config(config, config_path, gpt_ckpt)
@@ -96,6 +98,7 @@ def check_inputs(config_path: Optional[str], gpt_ckpt: str, vq_ckpt: Optional[st
     vq = vq_ckpt or config.get("vq_ckpt")
     if not vq:
         raise ValueError(f"pass --vq-ckpt: {source} names no vq_ckpt")
+    vq = resolve_checkpoint(vq, "--vq-ckpt" if vq_ckpt else "the config's vq_ckpt")
     if not os.path.isfile(vq):
         what = "--vq-ckpt" if vq_ckpt else "the config's vq_ckpt"
         raise FileNotFoundError(f"{what} {vq} not found")
