@@ -41,7 +41,8 @@ class Hub:
             def answer(self, body):
                 hub_state.requests.append((self.command, self.path, self.headers.get("Range")))
                 prefix = f"/{REPO}/resolve/"
-                revision, _, name = self.path[len(prefix):].partition("/") if self.path.startswith(prefix) else ("", "", "")
+                inside = self.path[len(prefix):] if self.path.startswith(prefix) else ""
+                revision, _, name = inside.partition("/")
                 data = hub_state.files.get(name)
                 if data is None or revision not in ("main", COMMIT):
                     self.send_response(404)

@@ -21,8 +21,9 @@ def build_randar(config, ckpt_path: Optional[str] = None, device="cpu", dtype: O
     """config: a full RandAR config (with `ar_model`) or the `ar_model` section itself; the official keys the
     model does not use (INERT_PARAMS) are dropped. device "meta": shapes only, no memory.
 
-    Loads `ckpt_path` (.safetensors, or a torch file holding a state dict or one under `model`) with
-    strict key/shape checking (a released checkpoint's file name fetches it: RandAR.utils.hub); a mismatch raises CheckpointMismatchError naming the file and a fitting config.
+    Loads `ckpt_path` (.safetensors, or a torch file holding a state dict or one under `model`; a released
+    checkpoint's file name fetches it, RandAR.utils.hub) with strict key/shape checking; a mismatch raises
+    CheckpointMismatchError naming the file and a fitting config.
     """
     section = config["ar_model"] if "ar_model" in config else config
     model = instantiate_from_config(section, ignore=INERT_PARAMS)

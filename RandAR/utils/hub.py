@@ -86,10 +86,9 @@ def fetch(release: Release, what: str, asked: str) -> str:
         return hf_hub_download(release.repo_id, release.filename, revision=release.revision,
                                endpoint=os.environ.get("HF_ENDPOINT") or None)
     except Exception as e:  # any failure of the transfer (network, HTTP status, size) is the user's to fix here
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointDownloadError(
-            f"could not fetch {release.filename} from {release.repo_id} ({type(e).__name__}{': ' + reason if reason else ''}); "
-            f"download it by hand from {release.url} and pass its path as {what}") from None
+        reason = type(e).__name__ + (f": {str(e).strip().splitlines()[0]}" if str(e).strip() else "")
+        raise CheckpointDownloadError(f"could not fetch {release.filename} from {release.repo_id} ({reason}); "
+                                      f"download it by hand from {release.url} and pass its path as {what}") from None
 
 
 def check_release(path: str, release: Release):
