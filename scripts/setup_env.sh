@@ -20,8 +20,8 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
-# the build backend pyproject.toml names, in the venv (Python 3.12+ venvs have none; 3.9's is too old to read
-# requirements.txt as the dependencies), so that the editable install needs no isolated build environment
-.venv/bin/python -m pip install -q "setuptools>=62.6"
+# the build backend, in the venv, so that the editable install needs no isolated build environment: Python 3.12+
+# venvs have none, older ones one too old to read requirements.txt (62.6) or to build wheels by itself (70.1)
+.venv/bin/python -m pip install -q "setuptools>=70.1"
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
 echo "$want" > "$stamp"
