@@ -43,7 +43,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-path", required=True, help="folder holding train.tar/val.tar (or class folders)")
     p.add_argument("--code-path", required=True, help="where the <dataset>-<tokenizer>-<aug>-<size>_codes folder goes")
-    p.add_argument("--vq-ckpt", required=True, help="tokenizer weights (.pt/.pth/.bin/.safetensors)")
+    p.add_argument("--vq-ckpt", required=True,
+                   help="tokenizer weights (.pt/.pth/.bin/.safetensors; or a released file's name, fetched)")
     p.add_argument("--config", required=True,
                    help="tokenizer config (configs/tokenization/*.yaml, `model:` section) or a RandAR config "
                         "(`tokenizer:` section)")
