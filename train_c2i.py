@@ -206,11 +206,13 @@ def parse_args(argv=None):
     p.add_argument("--exp-name", type=str, required=True,
                    help="the experiment folder is <results-dir>/<exp-name>_bs_<global_batch_size>_lr_<lr>")
     p.add_argument("--data-path", type=str, default=None, help="latent codes folder (dataset.params.root_dir)")
-    p.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer weights, used for the visualisations only")
+    p.add_argument("--vq-ckpt", type=str, default=None,
+                   help="tokenizer weights, used for the visualisations only (a path, or a released file's name)")
     p.add_argument("--results-dir", type=str, default=None)
     p.add_argument("--disk-location", type=str, default="",
                    help="also copy every checkpoint to <disk-location>/<experiment name>/, and resume from there")
-    p.add_argument("--gpt-ckpt", type=str, default=None, help="initial weights (ignored when resuming)")
+    p.add_argument("--gpt-ckpt", type=str, default=None,
+                   help="initial weights (ignored when resuming; a path, or a released file's name)")
     p.add_argument("--no-compile", action="store_true", help="do not torch.compile the model (only used on CUDA)")
     p.add_argument("--mixed-precision", type=str, default=None, choices=["no", "none", "fp16", "bf16"])
     p.add_argument("--log-every", type=int, default=None)

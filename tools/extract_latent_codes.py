@@ -30,6 +30,7 @@ from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.utils.atomic import atomic_open  # noqa: E402
 from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
 from RandAR.utils.config import load_config  # noqa: E402
+from RandAR.utils.hub import resolve_checkpoint  # noqa: E402
 from RandAR.utils.distributed import (all_reduce_sum, allow_tf32, broadcast_object, cleanup,  # noqa: E402
                                       init_distributed, shard)
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
@@ -42,7 +43,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-path", required=True, help="folder holding train.tar/val.tar (or class folders)")
     p.add_argument("--code-path", required=True, help="where the <dataset>-<tokenizer>-<aug>-<size>_codes folder goes")
-    p.add_argument("--vq-ckpt", required=True, help="tokenizer weights (.pt/.pth/.bin/.safetensors)")
+    p.add_argument("--vq-ckpt", required=True,
+                   help="tokenizer weights (.pt/.pth/.bin/.safetensors; or a released file's name, fetched)")
     p.add_argument("--config", required=True,
                    help="tokenizer config (configs/tokenization/*.yaml, `model:` section) or a RandAR config "
                         "(`tokenizer:` section)")
@@ -133,6 +135,7 @@ def encode_views(tokenizer, views: torch.Tensor, device) -> np.ndarray:
 def setup(args):
     """Everything that can fail on bad inputs, done before the process group and any encoding."""
     tok_cfg, tokenizer_name = tokenizer_section(args.config, args.tokenizer_name)
+    args.vq_ckpt = resolve_checkpoint(args.vq_ckpt, "--vq-ckpt")
     if not os.path.isfile(args.vq_ckpt):
         raise FileNotFoundError(f"--vq-ckpt not found: {args.vq_ckpt}")
     image_source(args.dataset, args.data_path, is_train=not args.debug)  # raises if train.tar etc. is missing

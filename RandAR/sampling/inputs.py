@@ -18,6 +18,7 @@ from RandAR.sampling.spec import PRECISIONS, SamplingSpec, resolve_precision
 from RandAR.utils.checkpoint import export_config
 from RandAR.utils.config import load_config, to_plain
 from RandAR.utils.distributed import allow_tf32
+from RandAR.utils.hub import resolve_checkpoint
 from RandAR.utils.run_stamp import differences_text, file_fingerprint
 
 CHECKED_SECTIONS = ("ar_model", "tokenizer")  # what --config must agree with in a checkpoint's own config
@@ -47,39 +48,6 @@ def model_sections(config) -> Dict[str, Any]:
     """The sections --config must agree on, as they decide the model (configs are canonical as read:
     RandAR.utils.compat)."""
     return {k: to_plain(config.get(k)) for k in CHECKED_SECTIONS}
-
-
-def resolve_config_path(path: str) -> str:
-    """`path` if it exists; else an error naming the closest shipped configs."""
-    if os.path.isfile(path):
-        return path
-    folder = os.path.dirname(path) or "."
-    candidates = sorted(glob.glob(os.path.join(folder if os.path.isdir(folder) else "configs/randar", "*.yaml")))
-    close = difflib.get_close_matches(path, candidates, n=3, cutoff=0.3)
-    raise FileNotFoundError(f"config {path} not found" + (f"; did you mean {' or '.join(close)}?" if close else "")
-                            + (f" (available: {', '.join(candidates)})" if candidates else ""))
-
-
-def ckpt_name(path: str) -> str:
-    """Checkpoint file name without its extension, for run names."""
-    name = os.path.basename(path)
-    for ext in (".safetensors", ".pth", ".pt", ".bin"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def model_sections(config) -> Dict[str, Any]:
-    """The sections --config must agree on, as they decide the model: targets under their current module path,
-    without the official keys no class reads (a checkpoint trained with either spelling fits either config)."""
-    sections = {k: to_plain(config.get(k)) for k in CHECKED_SECTIONS}
-    for section in sections.values():
-        if isinstance(section, dict) and section.get("target"):
-            section["target"] = canonical_target(section["target"])
-    params = (sections.get("ar_model") or {}).get("params") or {}
-    for key in OFFICIAL_UNUSED_KEYS["ar_model.params"]:
-        params.pop(key, None)
-    return sections
 
 
 def resolve_config(config, config_path: Optional[str], gpt_ckpt: str):
@@ -113,6 +81,7 @@ def check_inputs(config_path: Optional[str], gpt_ckpt: str, vq_ckpt: Optional[st
     checkpoint and the tokenizer's (vq_ckpt, or the config's) exist and that the config's tokenizer and model
     agree."""
     config = load_config(resolve_config_path(config_path)) if config_path else None
+    gpt_ckpt = resolve_checkpoint(gpt_ckpt, "--gpt-ckpt")
     if not os.path.isfile(gpt_ckpt):
         raise FileNotFoundError(f"--gpt-ckpt {gpt_ckpt} not found")
     config = resolve_config(config, config_path, gpt_ckpt)
@@ -120,6 +89,7 @@ def check_inputs(config_path: Optional[str], gpt_ckpt: str, vq_ckpt: Optional[st
     vq = vq_ckpt or config.get("vq_ckpt")
     if not vq:
         raise ValueError(f"pass --vq-ckpt: {source} names no vq_ckpt")
+    vq = resolve_checkpoint(vq, "--vq-ckpt" if vq_ckpt else "the config's vq_ckpt")
     if not os.path.isfile(vq):
         what = "--vq-ckpt" if vq_ckpt else "the config's vq_ckpt"
         raise FileNotFoundError(f"{what} {vq} not found")

@@ -10,6 +10,7 @@ from RandAR.training.lr_schedule import scheduler_from_config
 from RandAR.training.step import skip_rule
 from RandAR.utils.atomic import is_temporary
 from RandAR.utils.config_schema import ConfigError
+from RandAR.utils.hub import resolve_checkpoint
 
 
 class InputError(ValueError):
@@ -48,7 +49,12 @@ def check_inputs(cfg, config_path: str, gpt_ckpt=None):
     except ValueError as e:
         raise ConfigError(f"{config_path}: {e}") from e
     check_data_folder((cfg.dataset.get("params") or {}).get("root_dir"))
-    if cfg.visualize_every and cfg.vq_ckpt and not os.path.isfile(cfg.vq_ckpt):
+    try:  # released checkpoints named by file name are fetched here, before anything else starts
+        vq_ckpt = resolve_checkpoint(cfg.vq_ckpt, "--vq-ckpt") if cfg.visualize_every else None
+        gpt_ckpt = resolve_checkpoint(gpt_ckpt, "--gpt-ckpt")
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e)) from e
+    if vq_ckpt and not os.path.isfile(vq_ckpt):
         raise InputError(f"tokenizer checkpoint not found: {cfg.vq_ckpt} (the visualisations decode with it: "
                          f"pass --vq-ckpt, or --visualize-every 0)")
     if gpt_ckpt and not os.path.isfile(gpt_ckpt):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from RandAR.utils.checkpoint import load_model_weights
 from RandAR.utils.config import instantiate_from_config
+from RandAR.utils.hub import resolve_checkpoint
 
 
 def build_tokenizer(cfg, ckpt_path: Optional[str] = None, device="cpu") -> torch.nn.Module:
@@ -33,7 +34,7 @@ def build_tokenizer(cfg, ckpt_path: Optional[str] = None, device="cpu") -> torch
     """
     model = instantiate_from_config(cfg)
     if ckpt_path is not None:
-        load_model_weights(model, ckpt_path)
+        load_model_weights(model, resolve_checkpoint(ckpt_path, "tokenizer checkpoint"))
     return model.to(device).eval()
 
 
