@@ -255,3 +255,18 @@ def test_documented_disk_cost_matches_the_parameter_counts():
                               gb(2 * full + (exports + 1) * export)], row
         assert cells[6] == f"{gb(saves * (full + export))} ({saves} checkpoints)", row
         assert f"end of run (1 state + {exports} exports)" in doc and f"`ckpt_every` {cfg.ckpt_every}" in doc
+
+
+def test_training_cadence_is_the_originals_and_flags_win():
+    """The original train_c2i.py logged, checkpointed, visualised and loaded data with its flag defaults (20, 5000,
+    2000, 16 workers), whatever its configs said: the shipped RandAR configs and the schema's defaults hold those
+    values; a key=value override replaces the YAML's, and a flag replaces both."""
+    original = {"log_every": 20, "ckpt_every": 5000, "visualize_every": 2000, "num_workers": 16}
+    for name in ("randar_l_0.3b_llamagen", "randar_l_0.3b_maskgit", "randar_xl_0.7b_llamagen",
+                 "randar_xxl_1.4b_llamagen"):
+        cfg = load_config(os.path.join(ROOT, "configs", "randar", f"{name}.yaml"))
+        assert {k: cfg[k] for k in original} == original, name
+    assert {k: getattr(RandARConfig, k) for k in original} == original
+    args = train_c2i.parse_args(["--exp-name", "x", "--config", XL, "ckpt_every=9", "log_every=3", "--ckpt-every", "7"])
+    cfg = train_c2i.resolve_config(args)
+    assert (cfg.ckpt_every, cfg.log_every, cfg.visualize_every) == (7, 3, 2000)
