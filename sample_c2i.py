@@ -16,6 +16,7 @@ out for a checkpoint exported by train_c2i.py, which carries its config.
 import argparse
 
 from RandAR.sampling.cli import add_decoding_args, add_model_args, add_run_args, run_sampling
+from RandAR.utils.logger import line_buffered_output
 
 
 def parse_args(argv=None):
@@ -28,6 +29,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    line_buffered_output()
     run_sampling(parse_args(argv))
 
 

@@ -27,7 +27,7 @@ from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
 from RandAR.training.checkpoints import (CheckpointError, clear_temporaries, experiment_name, find_resume_state,
                                          load_state_or_stop)
-from RandAR.training.export import export_steps, save_and_mirror
+from RandAR.training.export import is_checkpoint_step, save_and_mirror
 from RandAR.training.lr_schedule import scheduler_from_config
 from RandAR.training.setup import (InputError, build_accelerator, check_checkpoint_kind, check_inputs,
                                    load_tokenizer)
@@ -37,7 +37,7 @@ from RandAR.training.visualization import visualize
 from RandAR.utils.config import load_config, to_plain
 from RandAR.utils.config_schema import ConfigError
 from RandAR.utils.distributed import allow_tf32
-from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb
+from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb, line_buffered_output
 from RandAR.utils.seeding import Stream, seed_for
 from RandAR.utils.versions import require_versions
 
@@ -70,6 +70,7 @@ def resolve_config(args):
 
 
 def main(args):
+    line_buffered_output()
     allow_tf32()  # as the original release trained
     cfg = resolve_config(args)
     check_inputs(cfg, args.config, args.gpt_ckpt)
@@ -81,7 +82,7 @@ def main(args):
     exp_dir = os.path.join(cfg.results_dir, exp_name)
     ckpt_dir = os.path.join(exp_dir, "checkpoints")
     mirror_dir = os.path.join(args.disk_location, exp_name) if args.disk_location else None
-    vis_every = cfg.get("visualize_every", 0) or 0
+    vis_every = cfg.visualize_every
     accelerator, log_with = build_accelerator(cfg, exp_dir, compile_model=not args.no_compile)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if accelerator.distributed_type == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin,
@@ -136,7 +137,7 @@ def main(args):
     dataset = build_latent_dataset(cfg.dataset, raw_model.vocab_size, raw_model.block_size, raw_model.num_classes,
                                    verbose=accelerator.is_main_process)
     sampler = StepBatchSampler(len(dataset), batch_size, world, rank, accum, cfg.global_seed, start_step=state.step)
-    workers = cfg.get("num_workers", 0)
+    workers = cfg.num_workers
     loader = DataLoader(SeededItems(dataset, cfg.global_seed), batch_sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         prefetch_factor=4 if workers > 0 else None)
@@ -157,7 +158,7 @@ def main(args):
     # ---- training loop ------------------------------------------------------------------------------
     stop_request = StopRequest()
     meter = MetricMeter(device)
-    log_every, ckpt_every = cfg.get("log_every", 100), cfg.get("ckpt_every", 0)
+    log_every = cfg.log_every
     tokens_per_step = cfg.global_batch_size * raw_model.block_size
     model.train()
     while state.step < cfg.max_iters:
@@ -190,7 +191,7 @@ def main(args):
             meter.reset()
         if want_vis:
             visualize(accelerator, model, tokenizer, vis, cfg, state.step, exp_dir, logger)
-        if (ckpt_every and state.step % ckpt_every == 0) or state.step in export_steps(cfg) or stop:
+        if is_checkpoint_step(cfg, state.step) or stop:
             save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger)
         if stop:
             logger.info(f"stop requested (SIGUSR1): checkpointed at step {state.step}, exiting")

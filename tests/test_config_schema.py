@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 import train_c2i
 from RandAR.model.builder import build_randar
 from RandAR.training.checkpoints import checkpoint_name, prune_checkpoints
+from RandAR.training.export import export_steps, is_checkpoint_step
 from RandAR.training.vq import load_train_config
 from RandAR.utils.checkpoint import export_config, save_export
 from RandAR.utils.compat import LEGACY_TARGETS, OFFICIAL_UNUSED_KEYS
@@ -281,18 +282,37 @@ def test_training_run_keeps_last_state_milestones_and_final(tmp_path):
 
 
 def test_documented_disk_cost_matches_the_parameter_counts():
+    """The disk table of GETTING_STARTED.md: parameter counts of the original checkpoints (tests/fixtures key
+    listings), equal to the models the configs build; checkpoints counted by the rule training saves by."""
     doc = open(os.path.join(ROOT, "GETTING_STARTED.md")).read()
-    for name, label, ckpt_every in (("randar_l_0.3b_llamagen", "RandAR-L (0.3B)", 20000),
-                                    ("randar_xl_0.7b_llamagen", "RandAR-XL (0.7B)", 10000)):
+    for name, label in (("randar_l_0.3b_llamagen", "RandAR-L (0.3B)"), ("randar_xl_0.7b_llamagen", "RandAR-XL (0.7B)")):
         cfg = load_config(os.path.join(ROOT, "configs", "randar", f"{name}.yaml"))
-        assert cfg.ckpt_every == ckpt_every and cfg.ema is False
-        n = sum(p.numel() for p in build_randar(cfg, device="meta").parameters())
+        assert cfg.ema is False and cfg.keep_last_k == 1
+        listing = open(os.path.join(ROOT, "tests", "fixtures", f"keys_{name}.txt")).read()
+        n = int(re.search(r"^# total_parameters: (\d+)$", listing, re.M).group(1))
+        assert n == sum(p.numel() for p in build_randar(cfg, device="meta").parameters())
         full, export = 12 * n, 4 * n  # fp32 weights + 2 AdamW moments; fp32 weights
-        exports = len(cfg.export_milestones) + 1  # and the last step
-        saves = cfg.max_iters // ckpt_every
-        row = next(line for line in doc.splitlines() if line.startswith(f"| {label}"))
+        exports = len(export_steps(cfg))  # the milestones and the last step
+        saves = sum(is_checkpoint_step(cfg, s) for s in range(1, cfg.max_iters + 1))
+        row = next(line for line in doc.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
         assert cells[1:6] == [f"{n:,}", gb(full), gb(export), gb(full + exports * export),
                               gb(2 * full + (exports + 1) * export)], row
         assert cells[6] == f"{gb(saves * (full + export))} ({saves} checkpoints)", row
+        assert f"end of run (1 state + {exports} exports)" in doc and f"`ckpt_every` {cfg.ckpt_every}" in doc
+
+
+def test_training_cadence_is_the_originals_and_flags_win():
+    """The original train_c2i.py logged, checkpointed, visualised and loaded data with its flag defaults (20, 5000,
+    2000, 16 workers), whatever its configs said: the shipped RandAR configs and the schema's defaults hold those
+    values; a key=value override replaces the YAML's, and a flag replaces both."""
+    original = {"log_every": 20, "ckpt_every": 5000, "visualize_every": 2000, "num_workers": 16}
+    for name in ("randar_l_0.3b_llamagen", "randar_l_0.3b_maskgit", "randar_xl_0.7b_llamagen",
+                 "randar_xxl_1.4b_llamagen"):
+        cfg = load_config(os.path.join(ROOT, "configs", "randar", f"{name}.yaml"))
+        assert {k: cfg[k] for k in original} == original, name
+    assert {k: getattr(RandARConfig, k) for k in original} == original
+    args = train_c2i.parse_args(["--exp-name", "x", "--config", XL, "ckpt_every=9", "log_every=3", "--ckpt-every", "7"])
+    cfg = train_c2i.resolve_config(args)
+    assert (cfg.ckpt_every, cfg.log_every, cfg.visualize_every) == (7, 3, 2000)

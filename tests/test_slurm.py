@@ -1,5 +1,6 @@
 """SLURM scripts under a stub cluster: the commands they would run, their checks, and requeue on SIGUSR1."""
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -172,3 +173,34 @@ def test_shellcheck_clean():
         os.path.join("slurm_scripts", f) for f in os.listdir(SLURM) if f.endswith(".sh")),
         cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def script_variables(name):
+    """(required, optional) variables of a script: those of its `need` lines that it does not set itself, and the
+    others it reads as `${VAR:-...}` / `${VAR:+...}`; with train_common.sh's when it sources it, without SLURM's
+    own and common.sh's (listed apart)."""
+    text = open(os.path.join(SLURM, name)).read()
+    if "train_common.sh" in text:
+        text += open(os.path.join(SLURM, "train_common.sh")).read()
+    common = {"RANDAR_ROOT", "RANDAR_ACTIVATE", "LOCAL_DIR", "GPUS_PER_NODE"}
+    assigned = set(re.findall(r"^([A-Z_]+)=", text, re.M))
+    need = {v for line in re.findall(r"^need (.*)$", text, re.M) for v in line.split()} - assigned
+    read = set(re.findall(r"\$\{([A-Z_]+):[-+]", text))
+    return ({v for v in need if not v.startswith("SLURM_")},
+            {v for v in read - need - common if not v.startswith("SLURM_")})
+
+
+def test_readme_lists_the_variables_of_every_script():
+    """slurm_scripts/README.md (where a missing variable's error points) names each job script and exactly the
+    variables it requires and reads."""
+    rows = [line for line in open(os.path.join(SLURM, "README.md")).read().splitlines()
+            if line.startswith("| `")]
+    listed = {}
+    for row in rows:
+        scripts, required, optional = [c.strip() for c in row.strip("|").split("|")]
+        for script in re.findall(r"`([\w.]+\.sh)`", scripts):
+            listed[script] = (set(re.findall(r"`(\w+)`", required)), set(re.findall(r"`(\w+)`", optional)))
+    jobs = sorted(f for f in os.listdir(SLURM) if f.endswith(".sh") and f not in ("common.sh", "train_common.sh"))
+    assert sorted(listed) == jobs
+    for script in jobs:
+        assert listed[script] == script_variables(script), script

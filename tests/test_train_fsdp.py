@@ -53,19 +53,46 @@ def fsdp_cmd(data, results, offset, *extra):
     return train_cmd(str(data / "codes"), str(results), *FSDP_ARGS, *extra, launcher=launcher)
 
 
-def run_fsdp(cmd, offset, num_processes=2):
-    r = subprocess.run(cmd, cwd=ROOT, env=fsdp_launch_env(num_processes, port(offset)), capture_output=True, text=True,
-                       timeout=300)
+def run_fsdp(cmd, offset, num_processes=2, shards_dir=None):
+    e = fsdp_launch_env(num_processes, port(offset))
+    if shards_dir is not None:  # tests/fsdp_cpu.py saves each process's parameter shards there
+        e["RANDAR_TEST_SHARDS_DIR"] = str(shards_dir)
+    r = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}"
     return r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")
 def fsdp_reference(data, tmp_path_factory):
-    """An uninterrupted 2-process FSDP2 run, sharded checkpoints every 5 steps."""
+    """An uninterrupted 2-process FSDP2 run, sharded checkpoints every 5 steps; each process's parameter shards
+    after `accelerator.prepare` are saved in <results>/shards_<rank>.pt."""
     results = tmp_path_factory.mktemp("fsdp_ref")
-    out = run_fsdp(fsdp_cmd(data, results, 1), 1)
+    out = run_fsdp(fsdp_cmd(data, results, 1), 1, shards_dir=results)
     return results / FOLDER, out
+
+
+def test_fsdp_parameters_are_sharded_over_the_two_processes(fsdp_reference):
+    """Every parameter of the prepared model is a DTensor sharded on dim 0 over a mesh of the 2 processes; rank
+    r holds rows [r * ceil(n / 2), (r + 1) * ceil(n / 2)) of the full parameter (fully_shard's chunks), and those
+    rows are the initial weights that one unsharded process builds from the run's config and seed."""
+    from RandAR.model.builder import build_randar
+    from RandAR.utils.config import load_config
+    exp = fsdp_reference[0]
+    cfg = load_config(str(exp / "config.yaml"))
+    torch.manual_seed(cfg.global_seed)  # as train_c2i.py builds the model
+    full = dict(build_randar(cfg).named_parameters())
+    shards = [torch.load(exp.parent / f"shards_{rank}.pt") for rank in range(2)]
+    for rank, held in enumerate(shards):
+        assert sorted(held) == sorted(full), sorted(set(held) ^ set(full))
+        for name, p in full.items():
+            s = held[name]
+            assert s["dtensor"] and s["placements"] == [("Shard", 0)] and s["mesh_size"] == 2, (name, s)
+            chunk = -(-p.shape[0] // 2)
+            want = p.detach()[rank * chunk:(rank + 1) * chunk]
+            assert s["local"].shape == want.shape, (name, rank, s["local"].shape, want.shape)
+            assert torch.equal(s["local"], want), (name, rank)
+    total = sum(p.numel() for p in full.values())
+    assert sum(s["local"].numel() for held in shards for s in held.values()) == total  # each element once
 
 
 def test_fsdp_training_checkpoints_are_sharded_and_export_is_full(fsdp_reference):

@@ -83,3 +83,65 @@ def test_image_row_top_aligns_panels_of_different_sizes():
     row = image_row([np.full((2, 2, 3), 1, np.uint8), np.full((4, 1, 3), 2, np.uint8)], pad=1, background=0)
     assert row.shape == (6, 6, 3)
     assert (row[1:3, 1:3] == 1).all() and (row[3:5, 1:3] == 0).all() and (row[1:5, 4] == 2).all()
+
+
+# ---------------------------------------------------------------- log lines survive a kill
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHERS = ["train_c2i.py", "sample_c2i.py"] + sorted(
+    os.path.join("tools", f) for f in os.listdir(os.path.join(ROOT, "tools")) if f.endswith(".py"))
+# prints two lines to stdout (a file), reports on the marker pipe that it has printed, then waits to be killed
+PRINT_THEN_WAIT = """import os, sys
+if sys.argv[1] == "line_buffered":
+    from RandAR.utils.logger import line_buffered_output
+    line_buffered_output()
+print("step 1 | loss 4.1")
+print("step 2 | loss 3.9")
+os.write(int(sys.argv[2]), b"printed")
+sys.stdin.read()
+"""
+
+
+def printed_before_sigkill(tmp_path, mode: str) -> str:
+    """Start a process whose stdout is a file, SIGKILL it once it says (through a pipe) that it has printed,
+    and return what the file holds."""
+    import select
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / f"{mode}.log"
+    marker_r, marker_w = os.pipe()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", PRINT_THEN_WAIT, mode, str(marker_w)], stdin=subprocess.PIPE,
+                                stdout=f, stderr=subprocess.STDOUT, pass_fds=(marker_w,), cwd=ROOT,
+                                env=dict(env, PYTHONPATH=ROOT))
+    os.close(marker_w)
+    try:
+        ready, _, _ = select.select([marker_r], [], [], 60)
+        assert ready and os.read(marker_r, 16) == b"printed", "the child did not report"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        os.close(marker_r)
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdin.close()
+    return out.read_text()
+
+
+def test_line_buffered_output_keeps_the_printed_lines_of_a_killed_process(tmp_path):
+    assert printed_before_sigkill(tmp_path, "line_buffered") == "step 1 | loss 4.1\nstep 2 | loss 3.9\n"
+    assert printed_before_sigkill(tmp_path, "default") == ""  # block-buffered: what the helper is for
+
+
+@pytest.mark.parametrize("path", LAUNCHERS)
+def test_every_launcher_makes_its_output_line_buffered_first(path):
+    """The first statement of each launcher's main (after its docstring) is line_buffered_output()."""
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    body = [n for n in main.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    first = body[0]
+    assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call), path
+    assert getattr(first.value.func, "id", None) == "line_buffered_output", path

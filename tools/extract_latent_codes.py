@@ -35,6 +35,7 @@ from RandAR.utils.distributed import (all_reduce_sum, allow_tf32, broadcast_obje
                                       init_distributed, shard)
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 CODE_DTYPE = np.int64  # what the original script (and so the released archives) stored
 
@@ -154,6 +155,7 @@ def check_bad_fraction(bad: int, total: int, max_fraction: float, out_dir: str):
 
 
 def main(argv=None):
+    line_buffered_output()
     args = parse_args(argv)
     try:
         tokenizer, tokenizer_name, manifest = setup(args)

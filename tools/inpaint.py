@@ -27,6 +27,7 @@ from RandAR.sampling.editing import sample_completions  # noqa: E402
 from RandAR.applications.editing import known_from_pixel_mask  # noqa: E402
 from RandAR.sampling.image_io import (crop_image_and_mask, encode_image, grey_out, open_mask,  # noqa: E402
                                           open_rgb, save_results)
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -37,6 +38,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    line_buffered_output()
     args = parse_args(argv)
     try:
         image = open_rgb(args.image)

@@ -10,9 +10,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.toy.data import CLASS_NAMES, make_toy_dataset  # noqa: E402
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 
 def main(argv=None):
+    line_buffered_output()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder for train.tar, val.tar, classes.json")
     parser.add_argument("--num-train-per-class", type=int, default=1000)

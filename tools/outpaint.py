@@ -31,6 +31,7 @@ from RandAR.sampling.editing import sample_completions  # noqa: E402
 from RandAR.applications.editing import OUTPAINT_REGIONS, place_region, region_box  # noqa: E402
 from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
 from RandAR.applications.resolution_extrapolation import extrapolation_grid, extrapolation_rope  # noqa: E402
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,6 +50,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    line_buffered_output()
     args = parse_args(argv)
     try:
         image = open_rgb(args.image)

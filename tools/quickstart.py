@@ -41,6 +41,7 @@ from RandAR.toy.classifier import build_toy_extractor  # noqa: E402
 from RandAR.utils.atomic import atomic_path, write_json  # noqa: E402
 from RandAR.utils.images import image_grid  # noqa: E402
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 MODEL_CONFIG = "configs/randar/randar_toy.yaml"
 TOKENIZER_CONFIG = "configs/tokenization/toy_vq.yaml"
@@ -159,6 +160,7 @@ def labelled_rows(rows, names, scale: int = 3) -> Image.Image:
 
 
 def main(argv=None):
+    line_buffered_output()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_output", help="where every stage writes (relative to the repository)")
     p.add_argument("--quick", action="store_true", help="a reduced run that checks the chain, not the quality")

@@ -29,11 +29,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.sampling.cli import extrapolation_parser, run_extrapolation  # noqa: E402
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 
 def main(argv=None):
     """Sample --num-fid-samples extrapolated images into <sample-dir>/<run-name>/ and pack <run-name>.npz; with
     --debug, write <run-name>-debug.png (a grid of the first --per-proc-batch-size images) and stop."""
+    line_buffered_output()
     run_extrapolation(extrapolation_parser(__doc__).parse_args(argv))
 
 

@@ -47,6 +47,7 @@ from RandAR.utils.atomic import write_json  # noqa: E402
 from RandAR.utils.distributed import (broadcast_object, cleanup, create_npz_from_sample_folder,  # noqa: E402
                                       init_distributed)
 from RandAR.utils.run_stamp import StampMismatchError, differences_text, file_fingerprint, remove_outputs  # noqa: E402
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 # Ranks wait in a collective while rank 0 packs and evaluates (50k images with precision/recall: long).
 EVAL_TIMEOUT = timedelta(hours=6)
@@ -198,6 +199,7 @@ def sample_and_evaluate(args, dist, model, tokenizer, spec, extractor, num: int,
 
 
 def main(argv=None):
+    line_buffered_output()
     # Resolution extrapolation (documentation section 6): the documented command gives this script --cfg-scales
     # and --spatial-cfg-scales; those arguments are run by tools/resolution_extrapolation.py's code instead.
     argv = sys.argv[1:] if argv is None else list(argv)

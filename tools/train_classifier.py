@@ -26,6 +26,7 @@ from RandAR.training.lr_schedule import get_scheduler  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
 from RandAR.utils.seeding import Stream, seed_for  # noqa: E402
 from RandAR.utils.versions import require_versions  # noqa: E402
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 JPEG_QUALITY_RANGE = (10, 40)  # of the degraded training copies
 
@@ -92,6 +93,7 @@ def class_names(data_path: str, num_classes: int):
 
 
 def main(argv=None) -> dict:
+    line_buffered_output()
     args = parse_args(argv)
     out = args.out or os.path.join(args.data_path, "classifier.safetensors")
     torch.manual_seed(args.seed)  # the initial weights

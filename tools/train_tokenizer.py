@@ -31,6 +31,7 @@ from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
 from RandAR.utils.config_schema import ConfigError  # noqa: E402
 from RandAR.utils.versions import require_versions  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
+from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -70,6 +71,7 @@ def export(model, cfg, results_dir: str, eval_images: torch.Tensor, step: int) -
 
 
 def main(argv=None) -> dict:
+    line_buffered_output()
     args = parse_args(argv)
     cfg, targs = tt.load_train_config(args.config, args.overrides)
     os.makedirs(args.results_dir, exist_ok=True)

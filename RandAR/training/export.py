@@ -13,6 +13,12 @@ def export_steps(cfg):
     return set(cfg.export_milestones) | {cfg.max_iters}
 
 
+def is_checkpoint_step(cfg, step: int) -> bool:
+    """Training saves a checkpoint after this optimizer step: every `ckpt_every` steps (0: never on that
+    account), at each step of `export_milestones` and at the last step."""
+    return bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or step in export_steps(cfg)
+
+
 def save_and_mirror(accelerator, model, ema, cfg, state, ckpt_dir, mirror_dir, logger):
     """Checkpoint the current step (every process), verify it against its record, then prune old states and copy
     it to the mirror folder (a state that fails the check is logged and the older ones are kept)."""

@@ -81,10 +81,11 @@ class RandARConfig:
     global_batch_size: int = MISSING
     ema: bool = False
     ema_decay: float = 0.9999
-    num_workers: int = 0
-    log_every: int = 100
-    ckpt_every: int = 0  # 0 = only at the end (and at export_milestones)
-    visualize_every: int = 0  # 0 = off
+    # the original train_c2i.py's flag defaults (its configs' values of these keys were never read)
+    num_workers: int = 16
+    log_every: int = 20
+    ckpt_every: int = 5000  # 0 = only at the end (and at export_milestones)
+    visualize_every: int = 2000  # 0 = off
     visualize_num: int = 32
     keep_last_k: int = 1  # full training states kept (locally and in the mirror); <= 0 keeps all
     export_milestones: List[int] = field(default_factory=lambda: list(ORIGINAL_EXPORT_MILESTONES))
