@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from RandAR.applications.orders import subgrid_first_order, subgrid_positions
-from RandAR.model.generate import generate
+from RandAR.model.generate import DecodeConfig, generate
 from RandAR.model.guidance import Guidance, class_cfg, linear_scale
 from RandAR.model.orders import random_permutations
 from RandAR.model.rope import precompute_freqs_cis_2d_extrapolation
@@ -77,18 +77,18 @@ def spatial_cfg(cond: torch.Tensor, null_class: int, cfg_scales: Sequence[float]
 
 
 @torch.no_grad()
-def generate_resolution_extrapolation(model, cond: torch.Tensor, cfg_scales: Sequence[float] = (1.0, 1.0),
+def generate_resolution_extrapolation(model, cond: torch.Tensor,
+                                      decode: DecodeConfig = DecodeConfig(num_inference_steps=-1),
                                       spatial_cfg_scales: Sequence[float] = (1.0, 1.0),
-                                      spatial_masking_ratio: float = 0.5, num_inference_steps: int = -1,
-                                      extrapolation_factor: int = 2, ntk_boundary: int = 2, temperature: float = 1.0,
-                                      top_k: int = 0, top_p: float = 1.0, seeds: Optional[torch.Tensor] = None,
+                                      spatial_masking_ratio: float = 0.5,
+                                      extrapolation_factor: int = 2, ntk_boundary: int = 2, seeds: Optional[torch.Tensor] = None,
                                       generator: Optional[torch.Generator] = None
                                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample (B, (f*g)^2) token ids of the large grid in raster order, and the (B, g^2) ids of the
     low-resolution image generated first (which sit at cells (f*y, f*x) of the large grid).
 
-    cond (B,) class ids. num_inference_steps: parallel-decoding steps of each pass (the low-resolution image,
-    then the remaining tokens); -1, or at least the token count, decodes one token per step. seeds (B,):
+    cond (B,) class ids. decode: class CFG, and the parallel-decoding steps of each pass (the low-resolution
+    image, then the remaining tokens; -1, or at least the token count, decodes one token per step). seeds (B,):
     per-sample orders, spatial masks and token draws, independent of the batch (the two passes use disjoint
     counters of the same seed); else `generator` / torch's RNG.
     """
@@ -106,18 +106,16 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, cfg_scales: Seq
     order = subgrid_first_order(low_order, rest_perm, g, factor).to(device)
     low_order = low_order.to(device)
     seeds_dev = None if seeds is None else seeds.to(device)
-    sampling = dict(num_inference_steps=num_inference_steps, temperature=temperature, top_k=top_k, top_p=top_p,
-                    seeds=seeds_dev, generator=generator)
+    cfg_scales = decode.cfg_scales
 
     # 1. the low-resolution image, on the model's own grid, with class CFG.
-    low_ids = generate(model, cond, token_order=low_order, guidance=class_cfg(cond, cfg_scales, model.num_classes),
-                       **sampling)                                                             # (B, g*g) raster
+    low_ids = generate(model, cond, decode, token_order=low_order, seeds=seeds_dev, generator=generator)                                                             # (B, g*g) raster
 
     # 2. the large grid: the low-resolution tokens (in their generation order) as known context.
     known = low_ids.gather(1, low_order)                                                       # (B, g*g)
     guidance = spatial_cfg(cond, model.num_classes, cfg_scales, spatial_cfg_scales,
                            spatial_context_keep(mask_perm, spatial_masking_ratio))
-    ids = generate(model, cond, token_order=order, known_tokens=known, freqs_cis=rope, guidance=guidance,
-                   **sampling)                                                                 # (B, (f*g)^2)
+    ids = generate(model, cond, decode, token_order=order, known_tokens=known, freqs_cis=rope, guidance=guidance,
+                   seeds=seeds_dev, generator=generator)                                                                 # (B, (f*g)^2)
     assert torch.equal(ids[:, subgrid_positions(g, factor).to(device)], low_ids)
     return ids, low_ids

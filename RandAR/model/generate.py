@@ -11,13 +11,30 @@ Applications reuse this loop by choosing the order, a prefix of known tokens, th
 grid for extrapolation) and the guidance (RandAR.model.guidance); they never copy it.
 """
 import math
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 
-from RandAR.model.guidance import Guidance, no_guidance, require_null_class
+from RandAR.model.guidance import Guidance, class_cfg, require_null_class
 from RandAR.model.sampling import counter_uniform, logits_to_probs, sample_from_probs
 from RandAR.model.sequence import interleave
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How tokens are decoded: the one settings object every tool builds from its flags and `generate` reads.
+
+    cfg_scales: class CFG scale, linear from the first value (nothing decoded) to the second (all decoded);
+    guidance is off when the second is <= 1. num_inference_steps: parallel-decoding steps of the tokens to
+    generate (None: the model's default; -1: one token per step). temperature, top_k (0: off), top_p (1.0:
+    off): how each token is drawn from the guided logits.
+    """
+    cfg_scales: Tuple[float, float] = (1.0, 1.0)
+    num_inference_steps: Optional[int] = None
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
 
 
 def parallel_decoding_schedule(num_tokens: int, num_inference_steps: int) -> List[int]:
@@ -105,9 +122,8 @@ def decode_in_pieces(step_fn, x: torch.Tensor, freqs: torch.Tensor, start: int, 
 
 
 @torch.no_grad()
-def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = None,
-             guidance: Optional[Guidance] = None, num_inference_steps: Optional[int] = None,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
+             token_order: Optional[torch.Tensor] = None, guidance: Optional[Guidance] = None,
              known_tokens: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None,
              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
              static_shapes: bool = False, compile=None, chunk_size: int = STATIC_CHUNK,
@@ -119,11 +135,12 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     return_logits also the (B, N, V) logits each token was drawn from (generation order, after guidance,
     before temperature/top-k/top-p).
 
-    guidance: the branches and how their logits combine (RandAR.model.guidance: class_cfg, or an
-        application's); None: no guidance. num_inference_steps: None = the model's default (default_steps).
+    decode: guidance scales, steps, temperature and filtering (DecodeConfig).
+    guidance: the branches and how their logits combine (RandAR.model.guidance), for an application's own
+        guidance; None: class CFG from decode.cfg_scales.
     known_tokens (B, K): ids already known at positions token_order[:, :K]; they enter the cache in one
         forward pass and are returned unchanged. The schedule spreads the N - K unknown tokens over
-        num_inference_steps steps; guidance scales follow the fraction of all N tokens known before a step.
+        decode.num_inference_steps steps; guidance scales follow the fraction of all N tokens known before a step.
     freqs_cis: RoPE table [cls + N, head_dim/2, 2] for another grid (resolution extrapolation).
     seeds (B,) int64: draw each sample's random numbers from its own seed (batch-independent); else torch's
         RNG / generator.
@@ -160,7 +177,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
         if int(known_tokens.min()) < 0 or int(known_tokens.max()) >= model.vocab_size:
             raise ValueError(f"known token ids must be in [0, {model.vocab_size - 1}]")
 
-    guidance = no_guidance(cond) if guidance is None else guidance
+    guidance = class_cfg(cond, decode.cfg_scales, model.num_classes) if guidance is None else guidance
     require_null_class(model, guidance.uses_null_class)
     n_branch = len(guidance.branch_classes)
 
@@ -175,7 +192,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
 
     result = torch.zeros(B, N, dtype=torch.long, device=device)                      # generation order
     step_logits = torch.zeros(B, N, model.vocab_size, device=device) if return_logits else None
-    counts = parallel_decoding_schedule(N - K, default_steps(model, num_inference_steps))
+    counts = parallel_decoding_schedule(N - K, default_steps(model, decode.num_inference_steps))
     mode = compile_mode(getattr(model, "compile_decoding", False) if compile is None else compile, device)
     static_shapes = static_shapes or mode is not None
     if chunk_size < 1:
@@ -215,7 +232,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
                 u = counter_uniform(seeds.to(device), torch.arange(a, a + n, device=device))
             else:
                 u = torch.rand(B, n, device=device, generator=generator)
-            ids = sample_from_probs(logits_to_probs(logits, temperature, top_k, top_p), u)
+            ids = sample_from_probs(logits_to_probs(logits, decode.temperature, decode.top_k, decode.top_p), u)
             result[:, a:a + n] = ids
             if return_logits:
                 step_logits[:, a:a + n] = logits

@@ -7,14 +7,15 @@ must agree.
 import difflib
 import glob
 import os
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from RandAR.model.builder import build_randar
+from RandAR.model.generate import DecodeConfig, default_steps
+from RandAR.model.guidance import require_null_class
 from RandAR.model.tokenizers import build_tokenizer
-from RandAR.sampling.spec import PRECISIONS, SamplingSpec, resolve_precision
 from RandAR.utils.checkpoint import export_config
 from RandAR.utils.config import load_config, to_plain
 from RandAR.utils.config_schema import OFFICIAL_UNUSED_KEYS
@@ -22,7 +23,12 @@ from RandAR.utils.distributed import allow_tf32
 from RandAR.utils.run_stamp import differences_text, file_fingerprint
 from RandAR.utils.targets import canonical_target
 
+PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKED_SECTIONS = ("ar_model", "tokenizer")  # what --config must agree with in a checkpoint's own config
+
+
+def resolve_precision(precision: Optional[str], device: torch.device) -> str:
+    return precision or ("bf16" if device.type == "cuda" else "none")
 
 
 def resolve_config_path(path: str) -> str:
@@ -107,9 +113,33 @@ def check_inputs(config_path: Optional[str], gpt_ckpt: str, vq_ckpt: Optional[st
                                                  "vq_ckpt": file_fingerprint(vq)})
 
 
-def run_stamp_of(inputs: SamplingInputs, spec: SamplingSpec) -> Dict[str, Any]:
+def check_for_model(model, tokenizer, decode: DecodeConfig, image_size: Optional[int], grid: Optional[int] = None,
+                    guided: Optional[bool] = None, fix: str = "use --cfg-scales 1.0,1.0",
+                    class_id: Optional[int] = None) -> Tuple[DecodeConfig, int]:
+    """The flags' checks that need the model: --image-size (the tokenizer's decoded size of the `grid` token
+    grid, default the model's), --class-id, and guidance (`guided`, default: class CFG is on) on a model with
+    the null class. Returns (decode with the model's default step count filled in, the decoded image size)."""
+    if class_id is not None and not 0 <= class_id < model.num_classes:
+        raise ValueError(f"--class-id {class_id} is out of range: this model has classes 0..{model.num_classes - 1}")
+    native = (grid or model.grid_size) * tokenizer.downsample_factor
+    if image_size not in (None, native):
+        raise ValueError(f"--image-size {image_size}: this model decodes {grid or model.grid_size}x"
+                         f"{grid or model.grid_size} tokens into {native}px images (x{tokenizer.downsample_factor}); "
+                         f"use --image-size-eval to save another size"
+                         + ("" if grid else " (larger grids are resolution extrapolation)"))
+    require_null_class(model, decode.cfg_scales[-1] > 1.0 if guided is None else guided, fix)
+    return replace(decode, num_inference_steps=default_steps(model, decode.num_inference_steps)), native
+
+
+def run_stamp(inputs: SamplingInputs, settings: Dict[str, Any]) -> Dict[str, Any]:
     """What decides a run's pixels: both checkpoints' contents, the resolved config, every sampling setting."""
-    return {**inputs.fingerprints, "config": to_plain(inputs.config), "sampling": asdict(spec)}
+    return {**inputs.fingerprints, "config": to_plain(inputs.config), "sampling": settings}
+
+
+def sampling_settings(decode: DecodeConfig, **settings) -> Dict[str, Any]:
+    """A run's settings as its stamp and its name (RandAR.sampling.folder.run_name) record them: DecodeConfig's
+    fields and `settings` (image sizes, precision, seed, class sampling, ...) in one flat dict."""
+    return {**asdict(decode), **settings}
 
 
 def load_models(inputs: SamplingInputs, device: torch.device, precision: Optional[str] = None,

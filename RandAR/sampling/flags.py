@@ -1,22 +1,17 @@
-"""The command-line flags the sampling and zero-shot tools share, how they report a user's mistake, and the
-one flags -> values step of the sampling mains.
+"""The command-line flags the sampling and zero-shot tools share, and the checks of their values.
 
-The tools parse; the library (RandAR.sampling.*) takes values. Each tool adds its own flags next to these.
+The tools parse and check here, once; the library below takes values and trusts them. Each tool adds its own
+flags next to these. A decoding knob is a DecodeConfig field (RandAR.model.generate), its flag in
+`add_decoding_args`, and the line of `generate` that uses it.
 """
 import argparse
-import sys
-from typing import Callable, Optional, Tuple
+from dataclasses import fields
+from typing import Optional, Tuple
 
-import torch
-
-from RandAR.sampling.editing import Completions, load_for_editing
-from RandAR.sampling.extrapolation import sample_extrapolated_images
-from RandAR.sampling.folder import PACK_TIMEOUT, sample_run
-from RandAR.sampling.inputs import check_inputs, load_models
+from RandAR.model.generate import DecodeConfig
+from RandAR.sampling.inputs import PRECISIONS
 from RandAR.sampling.labels import CLASS_SAMPLING
-from RandAR.sampling.spec import PRECISIONS, Extrapolation, SamplingSpec, build_spec, resolve_precision
 from RandAR.utils.checkpoint import CheckpointMismatchError
-from RandAR.utils.distributed import cleanup, init_distributed
 
 # Errors with a message meant for the user: the tools print it and exit with status 1. (StampMismatchError, a
 # run stamp that differs, and the config's ConfigError are ValueErrors.)
@@ -89,8 +84,7 @@ def add_editing_args(p: argparse.ArgumentParser, default_output_dir: str):
 
 
 def add_extrapolation_args(p: argparse.ArgumentParser):
-    """Resolution extrapolation's own flags (tools/resolution_extrapolation.py, and the CFG search's
-    --spatial-cfg-scales form of it)."""
+    """Resolution extrapolation's own flags (tools/resolution_extrapolation.py)."""
     p.add_argument("--spatial-cfg-scales", default="2.5,2.5",
                    help="spatial CFG scale, linear likewise; on when the second is > 1 (1.0,1.0: class CFG only)")
     p.add_argument("--spatial-masking-ratio", type=float, default=0.5,
@@ -100,16 +94,6 @@ def add_extrapolation_args(p: argparse.ArgumentParser):
                         "row and column")
     p.add_argument("--ntk-boundary", type=int, default=2,
                    help="RoPE frequencies below this index (per axis) are extrapolated, the others interpolated")
-    p.add_argument("--num-fid-samples", type=int, default=50000)
-
-
-def extrapolation_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    add_run_args(p)
-    add_decoding_args(p, cfg_scales="3.0,3.0")
-    add_extrapolation_args(p)
-    return p
 
 
 def parse_pair(text: str, flag: str) -> Tuple[float, float]:
@@ -127,59 +111,8 @@ def check_at_least_one(**counts: int):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def spec_from_flags(args, model, tokenizer, device, cfg_scales: Tuple[float, float],
-                    extrapolation: Optional[Extrapolation] = None) -> SamplingSpec:
-    """build_spec with the values of add_model_args, add_run_args and add_decoding_args."""
-    return build_spec(model, tokenizer, cfg_scales=cfg_scales, num_inference_steps=args.num_inference_steps,
-                      image_size=args.image_size, image_size_eval=args.image_size_eval,
-                      precision=resolve_precision(args.precision, device), temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, global_seed=args.global_seed,
-                      class_sampling=args.class_sampling, extrapolation=extrapolation)
-
-
-def run_sampling(args, extrapolation: Optional[Extrapolation] = None, sampler: Optional[Callable] = None):
-    """sample_c2i.py and tools/resolution_extrapolation.py after parsing: the flags and inputs are checked before
-    anything is built, then the models are loaded and the run sampled (RandAR.sampling.folder.sample_run)."""
-    try:
-        cfg_scales = parse_pair(args.cfg_scales, "--cfg-scales")
-        check_at_least_one(per_proc_batch_size=args.per_proc_batch_size)
-        inputs = check_inputs(args.config, args.gpt_ckpt, args.vq_ckpt)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
-    dist = init_distributed(timeout=PACK_TIMEOUT)
-    try:
-        model, tokenizer = load_models(inputs, dist.device, args.precision, args.compile)
-        spec = spec_from_flags(args, model, tokenizer, dist.device, cfg_scales, extrapolation)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
-    sample_run(dist, model, tokenizer, spec, inputs, sample_dir=args.sample_dir, exp_name=args.exp_name,
-               num=args.num_fid_samples, batch_size=args.per_proc_batch_size, debug=args.debug, force=args.force,
-               sampler=sampler)
-    cleanup()
-
-
-def editing_from_flags(args):
-    """tools/inpaint.py and tools/outpaint.py: (model, tokenizer, device, Completions) from add_editing_args'
-    flags, checked before the image is read."""
-    check_at_least_one(num_samples=args.num_samples, batch_size=args.batch_size)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    completions = Completions(args.class_id, args.num_samples, args.seed, args.batch_size,
-                              parse_pair(args.cfg_scales, "--cfg-scales"), args.num_inference_steps,
-                              args.temperature, args.top_k, args.top_p)
-    model, tokenizer = load_for_editing(args.config, args.gpt_ckpt, args.vq_ckpt, device, completions,
-                                        args.precision, args.compile)
-    return model, tokenizer, device, completions
-
-
-def run_extrapolation(args):
-    """tools/resolution_extrapolation.py after parsing: run_sampling with the extrapolation flags (checked first)."""
-    try:
-        if args.extrapolation_factor < 2:
-            raise ValueError(f"--extrapolation-factor must be >= 2, got {args.extrapolation_factor}")
-        if not 0.0 <= args.spatial_masking_ratio <= 1.0:
-            raise ValueError(f"--spatial-masking-ratio must be in [0, 1], got {args.spatial_masking_ratio}")
-        extrapolation = Extrapolation(parse_pair(args.spatial_cfg_scales, "--spatial-cfg-scales"),
-                                      args.spatial_masking_ratio, args.extrapolation_factor, args.ntk_boundary)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
-    run_sampling(args, extrapolation, sampler=sample_extrapolated_images)
+def decode_config(args, cfg_scales: Optional[Tuple[float, float]] = None) -> DecodeConfig:
+    """The DecodeConfig of add_decoding_args' flags; cfg_scales: instead of --cfg-scales (the CFG search)."""
+    scales = cfg_scales if cfg_scales is not None else parse_pair(args.cfg_scales, "--cfg-scales")
+    return DecodeConfig(cfg_scales=scales, **{f.name: getattr(args, f.name) for f in fields(DecodeConfig)
+                                              if f.name != "cfg_scales"})
