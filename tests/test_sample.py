@@ -107,13 +107,13 @@ def test_resume_makes_only_the_missing_images(weights, plain, tmp_path, monkeypa
     kept = {i: os.stat(tmp_path / RUN / f"{i:06d}.png").st_mtime_ns for i in range(N) if i not in deleted}
 
     made = []
-    original = folder.sample_images
+    original = sample_c2i.sample_batch
 
-    def recording(model, tokenizer, indices, spec):
+    def recording(model, tokenizer, indices, *rest):
         made.extend(indices)
-        return original(model, tokenizer, indices, spec)
+        return original(model, tokenizer, indices, *rest)
 
-    monkeypatch.setattr(folder, "sample_images", recording)
+    monkeypatch.setattr(sample_c2i, "sample_batch", recording)
     sample_c2i.main(flags(weights, tmp_path, batch=4))
     assert sorted(made) == deleted
     assert all(os.stat(tmp_path / RUN / f"{i:06d}.png").st_mtime_ns == t for i, t in kept.items())
@@ -140,9 +140,9 @@ def test_same_file_name_other_checkpoint_does_not_resume(weights, other_weights,
     _, images = plain
     sample_c2i.main(flags(weights, tmp_path))  # the first model's run
     made = []
-    original = folder.sample_images
-    monkeypatch.setattr(folder, "sample_images",
-                        lambda m, t, indices, spec: made.extend(indices) or original(m, t, indices, spec))
+    original = sample_c2i.sample_batch
+    monkeypatch.setattr(sample_c2i, "sample_batch",
+                        lambda m, t, indices, *rest: made.extend(indices) or original(m, t, indices, *rest))
     before = sorted(os.listdir(tmp_path / RUN))
 
     with pytest.raises(SystemExit, match=r"^error: .*stamp\.json records another sampling run \(gpt_ckpt: .*--force"):
@@ -259,16 +259,18 @@ def test_npz_packing(tmp_path):
 
 def test_run_names_are_stable():
     """Existing sample folders and stamps are found by these names: they must not change."""
-    from RandAR.sampling.spec import ExtrapolationSpec, SamplingSpec
+    from RandAR.model.generate import DecodeConfig
+    from RandAR.sampling.inputs import sampling_settings
 
-    plain = SamplingSpec(cfg_scales=(1.0, 4.0), num_inference_steps=88, image_size=256, image_size_eval=256,
-                         precision="bf16")
-    assert plain.run_name("randar", "ckpt") == "randar-ckpt-size-256-256-cfg-1.0-4.0-steps-88-bf16-seed-0"
-    other = SamplingSpec(cfg_scales=(1.0, 2.5), num_inference_steps=-1, image_size=256, image_size_eval=512,
-                         temperature=0.9, top_k=5, top_p=0.8, global_seed=3, class_sampling="balanced")
-    assert other.run_name("e", "c", with_cfg=False) == ("e-c-size-256-512-steps--1-fp32-temp-0.9-topk-5-topp-0.8"
-                                                        "-balanced-seed-3")
-    extra = ExtrapolationSpec(cfg_scales=(3.0, 3.0), num_inference_steps=1024, image_size=512, image_size_eval=512,
-                              spatial_cfg_scales=(2.5, 2.5))
-    assert extra.run_name("x", "c") == ("x-c-size-512-512-cfg-3.0-3.0-steps-1024-fp32-extrap-2-ntk-2-scfg-2.5-2.5"
-                                        "-smask-0.5-seed-0")
+    plain = sampling_settings(DecodeConfig((1.0, 4.0), 88), image_size=256, image_size_eval=256, precision="bf16",
+                              global_seed=0, class_sampling="random")
+    assert folder.run_name("randar", "ckpt", plain) == "randar-ckpt-size-256-256-cfg-1.0-4.0-steps-88-bf16-seed-0"
+    other = sampling_settings(DecodeConfig((1.0, 2.5), -1, temperature=0.9, top_k=5, top_p=0.8), image_size=256,
+                              image_size_eval=512, precision="none", global_seed=3, class_sampling="balanced")
+    assert folder.run_name("e", "c", other, with_cfg=False) == ("e-c-size-256-512-steps--1-fp32-temp-0.9-topk-5-topp-0.8"
+                                                                "-balanced-seed-3")
+    extra = sampling_settings(DecodeConfig((3.0, 3.0), 1024), image_size=512, image_size_eval=512, precision="none",
+                              global_seed=0, class_sampling="random", spatial_cfg_scales=(2.5, 2.5),
+                              spatial_masking_ratio=0.5, extrapolation_factor=2, ntk_boundary=2)
+    assert folder.run_name("x", "c", extra) == ("x-c-size-512-512-cfg-3.0-3.0-steps-1024-fp32-extrap-2-ntk-2-scfg-2.5-2.5"
+                                                "-smask-0.5-seed-0")
