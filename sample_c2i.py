@@ -22,14 +22,12 @@ import torch
 
 from RandAR.model.generate import generate
 from RandAR.model.orders import random_permutations
-from RandAR.sampling.flags import (USER_ERRORS, add_decoding_args, add_model_args, add_run_args,
-                                   check_at_least_one, decode_config)
-from RandAR.sampling.folder import (PACK_TIMEOUT, batches, claim_run_folder, my_missing_indices, png_name, run_name,
-                                    save_debug_grid)
+from RandAR.sampling.inputs import (USER_ERRORS, add_decoding_args, add_model_args, add_run_args, check_at_least_one,
+                                    check_for_model, check_inputs, ckpt_name, decode_config, load_models,
+                                    resolve_precision, run_stamp, sampling_settings)
+from RandAR.sampling.folder import (PACK_TIMEOUT, batches, claim_run_folder, class_labels, image_seeds,
+                                    my_missing_indices, png_name, run_name, save_debug_grid)
 from RandAR.sampling.image_io import save_png
-from RandAR.sampling.inputs import (check_for_model, check_inputs, ckpt_name, load_models, resolve_precision,
-                                    run_stamp, sampling_settings)
-from RandAR.sampling.labels import class_labels, image_seeds
 from RandAR.utils.distributed import barrier, cleanup, create_npz_from_sample_folder, init_distributed
 
 

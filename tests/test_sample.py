@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from RandAR.model.orders import random_permutations
-from RandAR.sampling import folder, image_io, inputs, labels
+from RandAR.sampling import folder, image_io, inputs
 from RandAR.utils import run_stamp
 from RandAR.utils.distributed import DistInfo, create_npz_from_sample_folder
 from helpers import load_script, write_tiny_weights
@@ -88,10 +88,10 @@ def test_batch_size_does_not_change_images(weights, plain, tmp_path):
     _, images = plain
     # Label, seed and order of an image are functions of its index, whatever batch it lands in.
     idx = list(range(N))
-    assert labels.class_labels(idx[4:8], 10, 0) == labels.class_labels(idx, 10, 0)[4:8]
-    assert labels.image_seeds(0, idx[4:8]) == labels.image_seeds(0, idx)[4:8]
-    torch.testing.assert_close(random_permutations(4, [16], labels.image_seeds(0, idx[4:8]))[0],
-                               random_permutations(len(idx), [16], labels.image_seeds(0, idx))[0][4:8])
+    assert folder.class_labels(idx[4:8], 10, 0) == folder.class_labels(idx, 10, 0)[4:8]
+    assert folder.image_seeds(0, idx[4:8]) == folder.image_seeds(0, idx)[4:8]
+    torch.testing.assert_close(random_permutations(4, [16], folder.image_seeds(0, idx[4:8]))[0],
+                               random_permutations(len(idx), [16], folder.image_seeds(0, idx))[0][4:8])
     sample_c2i.main(flags(weights, tmp_path, batch=4))
     # The tiny model's CPU arithmetic is batch-invariant, so even the pixels agree.
     np.testing.assert_array_equal(npz(tmp_path), images)
@@ -203,19 +203,19 @@ def test_fingerprint_is_content_not_name(tmp_path):
 
 def test_class_labels_and_seeds():
     idx = list(range(1000))
-    random = labels.class_labels(idx, 10, 0)
-    assert set(random) == set(range(10)) and labels.class_labels(idx[:100], 10, 0) == random[:100]
-    assert labels.class_labels(idx, 10, 1) != random
-    balanced = labels.class_labels(idx, 10, 0, "balanced")
+    random = folder.class_labels(idx, 10, 0)
+    assert set(random) == set(range(10)) and folder.class_labels(idx[:100], 10, 0) == random[:100]
+    assert folder.class_labels(idx, 10, 1) != random
+    balanced = folder.class_labels(idx, 10, 0, "balanced")
     assert np.bincount(balanced).tolist() == [100] * 10
     blocks = [balanced[b:b + 10] for b in range(0, 1000, 10)]
     assert all(sorted(b) == list(range(10)) for b in blocks)  # any prefix is balanced to within one
     assert len({tuple(b) for b in blocks}) > 50  # shuffled, and not one fixed order
-    assert labels.class_labels(idx[:35], 10, 0, "balanced") == balanced[:35]
-    assert labels.class_labels(idx, 10, 3, "balanced") != balanced
-    seeds = labels.image_seeds(0, range(10000))
+    assert folder.class_labels(idx[:35], 10, 0, "balanced") == balanced[:35]
+    assert folder.class_labels(idx, 10, 3, "balanced") != balanced
+    seeds = folder.image_seeds(0, range(10000))
     assert len(set(seeds)) == 10000 and all(0 <= s < 2 ** 63 for s in seeds)
-    assert not set(seeds) & set(labels.image_seeds(1, range(10000)))
+    assert not set(seeds) & set(folder.image_seeds(1, range(10000)))
 
 
 def test_debug_writes_one_grid(weights, tmp_path):

@@ -178,3 +178,13 @@ def test_cfg_search_debug_grids(tmp_path):
         ["--exp-name", "s", *MODEL, "--sample-dir", str(tmp_path), "--cfg-scales-search", "1.0,3.0",
          "--cfg-scales-interval", "2.0", "--per-proc-batch-size", "3", "--debug"])
     check("cfg_search_debug", tmp_path)
+
+
+def test_a_sample_c2i_run_opens_few_files():
+    """benchmarks/sampling_call_graph.py's figures: the project files on the call stack when the model's forward
+    first runs (the script, the decoding loop, the model), the project files whose functions run at all, and
+    the source files that spell out a decoding knob (top_p)."""
+    figures = load_script("benchmarks/sampling_call_graph.py").measure()
+    assert figures["stack_at_forward"] == ["RandAR/model/generate.py", "RandAR/model/randar_gpt.py", "sample_c2i.py"]
+    assert len(figures["files_run"]) <= 20, figures["files_run"]
+    assert len(figures["files_naming_top_p"]) <= 5, figures["files_naming_top_p"]

@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.applications.editing import complete_images, known_from_pixel_mask  # noqa: E402
-from RandAR.sampling.flags import USER_ERRORS, add_editing_args, check_at_least_one, decode_config  # noqa: E402
+from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model, check_inputs,  # noqa: E402
+                                    decode_config, load_models)
 from RandAR.sampling.image_io import (crop_image_and_mask, encode_image, grey_out, open_mask,  # noqa: E402
                                       open_rgb, save_results)
-from RandAR.sampling.inputs import check_for_model, check_inputs, load_models  # noqa: E402
-from RandAR.sampling.labels import image_seeds  # noqa: E402
+from RandAR.sampling.folder import image_seeds  # noqa: E402
 
 
 def parse_args(argv=None):

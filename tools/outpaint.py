@@ -29,10 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.applications.editing import OUTPAINT_REGIONS, complete_images, place_region, region_box  # noqa: E402
 from RandAR.applications.resolution_extrapolation import extrapolation_grid, extrapolation_rope  # noqa: E402
-from RandAR.sampling.flags import USER_ERRORS, add_editing_args, check_at_least_one, decode_config  # noqa: E402
+from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model, check_inputs,  # noqa: E402
+                                    decode_config, load_models)
 from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
-from RandAR.sampling.inputs import check_for_model, check_inputs, load_models  # noqa: E402
-from RandAR.sampling.labels import image_seeds  # noqa: E402
+from RandAR.sampling.folder import image_seeds  # noqa: E402
 
 
 def parse_args(argv=None):

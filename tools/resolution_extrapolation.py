@@ -27,14 +27,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.applications.resolution_extrapolation import (extrapolation_grid, extrapolation_rope,  # noqa: E402
                                                           generate_resolution_extrapolation)
-from RandAR.sampling.flags import (USER_ERRORS, add_decoding_args, add_extrapolation_args,  # noqa: E402
-                                   add_model_args, add_run_args, check_at_least_one, decode_config, parse_pair)
-from RandAR.sampling.folder import (PACK_TIMEOUT, batches, claim_run_folder, my_missing_indices,  # noqa: E402
-                                    png_name, run_name, save_debug_grid)
+from RandAR.sampling.inputs import (USER_ERRORS, add_decoding_args, add_extrapolation_args, add_model_args,  # noqa: E402
+                                    add_run_args, check_at_least_one, check_for_model, check_inputs, ckpt_name,
+                                    decode_config, load_models, parse_pair, resolve_precision, run_stamp,
+                                    sampling_settings)
+from RandAR.sampling.folder import (PACK_TIMEOUT, batches, claim_run_folder, class_labels, image_seeds,  # noqa: E402
+                                    my_missing_indices, png_name, run_name, save_debug_grid)
 from RandAR.sampling.image_io import save_png  # noqa: E402
-from RandAR.sampling.inputs import (check_for_model, check_inputs, ckpt_name, load_models,  # noqa: E402
-                                    resolve_precision, run_stamp, sampling_settings)
-from RandAR.sampling.labels import class_labels, image_seeds  # noqa: E402
 from RandAR.utils.distributed import barrier, cleanup, create_npz_from_sample_folder, init_distributed  # noqa: E402
 
 

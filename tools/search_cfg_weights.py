@@ -43,14 +43,12 @@ from RandAR.eval import fid  # noqa: E402
 from RandAR.eval.extractors import EVALUATORS, build_extractor  # noqa: E402
 from RandAR.model.generate import generate  # noqa: E402
 from RandAR.model.orders import random_permutations  # noqa: E402
-from RandAR.sampling.flags import (USER_ERRORS, add_decoding_args, add_model_args, add_run_args,  # noqa: E402
-                                   check_at_least_one, decode_config, parse_pair)
-from RandAR.sampling.folder import (batches, claim_run_folder, my_missing_indices, png_name, run_name,  # noqa: E402
-                                    save_debug_grid)
-from RandAR.sampling.image_io import save_png  # noqa: E402
-from RandAR.sampling.inputs import (check_for_model, check_inputs, ckpt_name, load_models,  # noqa: E402
+from RandAR.sampling.inputs import (USER_ERRORS, add_decoding_args, add_model_args, add_run_args, check_at_least_one,  # noqa: E402
+                                    check_for_model, check_inputs, ckpt_name, decode_config, load_models, parse_pair,
                                     resolve_precision, run_stamp, sampling_settings)
-from RandAR.sampling.labels import class_labels, image_seeds  # noqa: E402
+from RandAR.sampling.folder import (batches, claim_run_folder, class_labels, image_seeds, my_missing_indices,  # noqa: E402
+                                    png_name, run_name, save_debug_grid)
+from RandAR.sampling.image_io import save_png  # noqa: E402
 from RandAR.utils.atomic import write_json  # noqa: E402
 from RandAR.utils.distributed import (barrier, broadcast_object, cleanup,  # noqa: E402
                                       create_npz_from_sample_folder, init_distributed)

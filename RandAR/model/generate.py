@@ -8,19 +8,112 @@ holds exactly the teacher-forced sequence. This is the original release's scheme
 reference outputs depend on it.
 
 Applications reuse this loop by choosing the order, a prefix of known tokens, the RoPE table (a larger
-grid for extrapolation) and the guidance (RandAR.model.guidance); they never copy it.
+grid for extrapolation) and the guidance (RandAR.model.generate); they never copy it.
 """
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from RandAR.model.guidance import Guidance, class_cfg, require_null_class
-from RandAR.model.sampling import counter_uniform, logits_to_probs, sample_from_probs
-from RandAR.model.sequence import interleave
+from RandAR.utils.seeding import splitmix64
 
 
+# ---- the training sequence's layout, shared with the model's forward ----------------------------------------
+def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, n, ...) and (B, n, ...) -> (B, 2n, ...) as a_1, b_1, a_2, b_2, ..."""
+    return torch.stack([a, b], dim=2).flatten(1, 2)
+
+
+# ---- drawing tokens: logits -> probabilities -> ids, stateless and free of host synchronisation -------------
+# Randomness enters as uniform numbers (one per token to draw): torch's RNG, or `counter_uniform`, a hash of
+# (per-image seed, counter) that makes every image's draws independent of the batch it is generated in.
+def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """Deterministic uniforms in [0, 1): seeds (B,) int64, counters (n,) int64 -> (B, n) float32.
+
+    The value for (seed, counter) never depends on which other rows or counters are in the call.
+    """
+    x = splitmix64(splitmix64(seeds.long()[:, None]) ^ counters.long()[None, :])
+    return ((x >> 40) & ((1 << 24) - 1)).float() / float(1 << 24)  # top 24 bits (logical shift)
+
+
+def top_k_top_p_filter(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k and outside the nucleus of mass top_p to -inf (last dim).
+
+    top_k <= 0 and top_p >= 1 disable each filter. The nucleus keeps the smallest prefix of the sorted
+    tokens whose probability reaches top_p (so the most likely token always stays).
+    """
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove_sorted = (cum - sorted_logits.softmax(-1)) > top_p  # mass before this token already exceeds top_p
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    logits = logits.float() / max(temperature, 1e-5)
+    return top_k_top_p_filter(logits, top_k, top_p).softmax(dim=-1)
+
+
+def sample_from_probs(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: probs (..., V), uniform (...) in [0, 1) -> ids (...) long."""
+    cdf = probs.cumsum(-1)
+    u = uniform.unsqueeze(-1) * cdf[..., -1:]  # scale by the total so round-off never runs past the end
+    idx = (cdf <= u).sum(-1)
+    return idx.clamp_max(probs.shape[-1] - 1)
+
+
+# ---- guidance: which class ids each branch sees, and how the branches' logits combine -----------------------
+# Every branch runs in the same batch (branches stacked along the batch axis). Class CFG has two branches
+# [cond, null]; spatial CFG (resolution extrapolation) three; no guidance is one branch whose logits pass through.
+@dataclass(frozen=True)
+class Guidance:
+    """branch_classes: per branch, (B,) class ids. combine(logits per branch (B, n, V), fraction of all tokens
+    known before this step) -> (B, n, V). known_token_keep: per branch, None or a (B, K) 0/1 weight on the known
+    tokens' embeddings (spatial CFG hides part of the context in one branch)."""
+    branch_classes: List[torch.Tensor]
+    combine: Callable[[List[torch.Tensor], float], torch.Tensor]
+    known_token_keep: Optional[List[Optional[torch.Tensor]]] = None
+
+    @property
+    def uses_null_class(self) -> bool:
+        return len(self.branch_classes) > 1
+
+
+def linear_scale(scales: Sequence[float], fraction: float) -> float:
+    """Scale that goes linearly from scales[0] (nothing decoded) to scales[-1] (everything decoded)."""
+    return scales[0] + (scales[-1] - scales[0]) * fraction
+
+
+def no_guidance(cond: torch.Tensor) -> Guidance:
+    return Guidance([cond], lambda logits, fraction: logits[0])
+
+
+def class_cfg(cond: torch.Tensor, cfg_scales: Sequence[float], null_class: int) -> Guidance:
+    """Plain class CFG: [cond, null] combined as u + s * (c - u), s linear in the fraction decoded; as in the
+    original, guidance is on when the *last* scale is > 1 (else no guidance)."""
+    if cfg_scales[-1] <= 1.0:
+        return no_guidance(cond)
+
+    def combine(logits, fraction):
+        c, u = logits
+        return u + linear_scale(cfg_scales, fraction) * (c - u)
+    return Guidance([cond, torch.full_like(cond, null_class)], combine)
+
+
+def require_null_class(model, guided: bool, fix: str = "use cfg scales 1.0,1.0"):
+    """The one check that guidance has the null-class embedding row it needs."""
+    if guided and not model.cls_embedding.has_null_class:
+        raise ValueError(f"classifier-free guidance needs the null class, but this model was built with "
+                         f"class_dropout_prob=0 (no null-class embedding row): {fix}")
+
+
+# ---- the decoding loop ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DecodeConfig:
     """How tokens are decoded: the one settings object every tool builds from its flags and `generate` reads.
@@ -136,7 +229,7 @@ def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
     before temperature/top-k/top-p).
 
     decode: guidance scales, steps, temperature and filtering (DecodeConfig).
-    guidance: the branches and how their logits combine (RandAR.model.guidance), for an application's own
+    guidance: the branches and how their logits combine (RandAR.model.generate), for an application's own
         guidance; None: class CFG from decode.cfg_scales.
     known_tokens (B, K): ids already known at positions token_order[:, :K]; they enter the cache in one
         forward pass and are returned unchanged. The schedule spreads the N - K unknown tokens over

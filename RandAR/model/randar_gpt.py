@@ -20,10 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from RandAR.model.generate import DecodeConfig, generate
+from RandAR.model.generate import DecodeConfig, generate, interleave
 from RandAR.model.orders import random_orders
 from RandAR.model.rope import apply_rotary_emb, precompute_freqs_cis_2d
-from RandAR.model.sequence import interleave
 
 
 def find_multiple(n: int, k: int) -> int:

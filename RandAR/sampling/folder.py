@@ -1,7 +1,7 @@
 """A sampling run's folder: its name, its stamp, which images it still lacks, and the debug grid.
 
 Image i has its own class label, seed and generation order, all derived from (global seed, i) alone
-(RandAR.sampling.labels), so which process makes it, in which batch, and whether the run was interrupted
+(below), so which process makes it, in which batch, and whether the run was interrupted
 before does not change what it is (pixel for pixel where the arithmetic is batch-invariant, e.g. at an equal
 batch size). The scripts (sample_c2i.py, tools/resolution_extrapolation.py, tools/search_cfg_weights.py) run
 the batch loop themselves with these pieces.
@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from RandAR.model.generate import DecodeConfig
 from RandAR.sampling.image_io import save_png
@@ -28,6 +29,7 @@ from RandAR.utils.distributed import DistInfo, broadcast_object
 from RandAR.utils.images import image_grid
 from RandAR.utils.progress import progress
 from RandAR.utils.run_stamp import StampMismatchError, claim
+from RandAR.utils.seeding import Stream, seeds_for
 
 # Ranks wait in a collective while rank 0 alone packs the .npz (50k PNGs take minutes).
 PACK_TIMEOUT = timedelta(hours=2)
@@ -58,6 +60,39 @@ def run_name(exp_name: str, ckpt_name: str, settings: Dict[str, Any], with_cfg: 
     return f"{name}-seed-{s['global_seed']}"
 
 
+# ---- per-image randomness: each image's seed and class label depend on (global seed, image index) alone --------
+CLASS_SAMPLING = ("random", "balanced")
+
+
+def image_seeds(global_seed: int, indices: Sequence[int]) -> List[int]:
+    """The seed of each image: it drives the image's token order and every token draw."""
+    return seeds_for(global_seed, Stream.IMAGE, indices)
+
+
+def class_labels(indices: Sequence[int], num_classes: int, global_seed: int, mode: str = "random") -> List[int]:
+    """Class of each image index, a function of (global seed, index) only: the same for every world size,
+    batch size and total count (a 10k run is the prefix of a 50k run).
+
+    random: an independent uniform draw per image (the original drew labels at random too, per batch).
+    balanced: indices come in blocks of num_classes, each block a seeded shuffle of all classes: every class
+        equally often when the count is a multiple of num_classes, and within one of that in any prefix.
+    """
+    if mode == "random":
+        return [v % num_classes for v in seeds_for(global_seed, Stream.LABEL, indices)]
+    if mode != "balanced":
+        raise ValueError(f"class sampling must be one of {CLASS_SAMPLING}, got {mode!r}")
+    perms = {}
+    labels = []
+    for i in indices:
+        block = i // num_classes
+        if block not in perms:
+            g = torch.Generator().manual_seed(seeds_for(global_seed, Stream.BALANCED_BLOCK, [block])[0])
+            perms[block] = torch.randperm(num_classes, generator=g).tolist()
+        labels.append(perms[block][i % num_classes])
+    return labels
+
+
+# ---- the run folder --------------------------------------------------------------------------------------------
 def png_name(index: int) -> str:
     return f"{index:06d}.png"
 
