@@ -8,12 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from RandAR.applications.editing import generate_with_known, known_from_pixel_mask, place_region, region_box
-from RandAR.applications.orders import known_first_order, subgrid_first_order, subgrid_positions
+from RandAR.model.orders import known_first_order, random_permutations, subgrid_first_order, subgrid_positions
 from RandAR.applications.resolution_extrapolation import (extrapolation_rope, generate_resolution_extrapolation,
                                                           spatial_cfg, spatial_context_keep)
 from RandAR.model.builder import build_randar
 from RandAR.model.generate import DecodeConfig
-from RandAR.model.orders import random_permutations
 from RandAR.model.rope import precompute_freqs_cis_2d, precompute_freqs_cis_2d_extrapolation
 from RandAR.utils.config import load_config
 
@@ -132,7 +131,8 @@ def test_spatial_cfg_without_masking_is_class_cfg(model):
 # ---- resolution extrapolation --------------------------------------------------------------------------
 def test_low_res_tokens_are_the_image_generated_first(model):
     cond, seeds = torch.tensor([0, 5, 2, 9]), torch.tensor([3, 1, 4, 1])
-    ids, low = generate_resolution_extrapolation(model, cond, DecodeConfig((3.0, 3.0), 6), spatial_cfg_scales=(2.5, 2.5),
+    ids, low = generate_resolution_extrapolation(model, cond, DecodeConfig((3.0, 3.0), 6),
+                                                 spatial_cfg_scales=(2.5, 2.5),
                                                  seeds=seeds)
     assert ids.shape == (4, 64) and low.shape == (4, 16)
     assert torch.equal(ids.view(4, 8, 8)[:, ::2, ::2].reshape(4, 16), low)
@@ -141,7 +141,8 @@ def test_low_res_tokens_are_the_image_generated_first(model):
                               num_inference_steps=6, seeds=seeds)
     assert torch.equal(low, ordinary)
     # Per-sample seeds: a sample does not depend on its batch.
-    ids2, _ = generate_resolution_extrapolation(model, cond[2:], DecodeConfig((3.0, 3.0), 6), spatial_cfg_scales=(2.5, 2.5),
+    ids2, _ = generate_resolution_extrapolation(model, cond[2:], DecodeConfig((3.0, 3.0), 6),
+                                                spatial_cfg_scales=(2.5, 2.5),
                                                 seeds=seeds[2:])
     assert torch.equal(ids2, ids[2:])
 

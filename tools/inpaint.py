@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.applications.editing import complete_images, known_from_pixel_mask  # noqa: E402
-from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model, check_inputs,  # noqa: E402
-                                    decode_config, load_models)
+from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model,  # noqa: E402
+                                    check_inputs, decode_config, load_models)
 from RandAR.sampling.image_io import (crop_image_and_mask, encode_image, grey_out, open_mask,  # noqa: E402
                                       open_rgb, save_results)
 from RandAR.sampling.folder import image_seeds  # noqa: E402
@@ -57,8 +57,9 @@ def main(argv=None):
         tokens = encode_image(tokenizer, crop, device)
         print(f"{int(known.sum())} of {known.numel()} tokens known, {int((~known).sum())} to generate, "
               f"{args.num_samples} sample(s) of class {args.class_id}", flush=True)
-        results = complete_images(model, tokenizer, decode, args.class_id, image_seeds(args.seed, range(args.num_samples)),
-                                  args.batch_size, tokens, known[None], size)
+        seeds = image_seeds(args.seed, range(args.num_samples))  # sample i's order and draws
+        results = complete_images(model, tokenizer, decode, args.class_id, seeds, args.batch_size, tokens,
+                                  known[None], size)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     stem = os.path.splitext(os.path.basename(args.image))[0] + "_inpaint"

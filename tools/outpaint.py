@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.applications.editing import OUTPAINT_REGIONS, complete_images, place_region, region_box  # noqa: E402
 from RandAR.applications.resolution_extrapolation import extrapolation_grid, extrapolation_rope  # noqa: E402
-from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model, check_inputs,  # noqa: E402
-                                    decode_config, load_models)
+from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model,  # noqa: E402
+                                    check_inputs, decode_config, load_models)
 from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
 from RandAR.sampling.folder import image_seeds  # noqa: E402
 
@@ -70,8 +70,9 @@ def main(argv=None):
         print(f"canvas {grid}x{grid} tokens ({grid * patch} px), input in {h}x{w} tokens at ({top}, {left}); "
               f"{int((~known).sum())} tokens to generate, {args.num_samples} sample(s) of class {args.class_id}",
               flush=True)
-        results = complete_images(model, tokenizer, decode, args.class_id, image_seeds(args.seed, range(args.num_samples)),
-                                  args.batch_size, tokens, known, grid * patch, freqs_cis=rope)
+        seeds = image_seeds(args.seed, range(args.num_samples))  # sample i's order and draws
+        results = complete_images(model, tokenizer, decode, args.class_id, seeds, args.batch_size, tokens, known,
+                                  grid * patch, freqs_cis=rope)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     canvas = np.full((grid * patch, grid * patch, 3), GREY, dtype=np.uint8)

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from RandAR.applications.orders import known_first_order
+from RandAR.model.orders import known_first_order
 from RandAR.model.generate import DecodeConfig, generate
 
 OUTPAINT_REGIONS = ("center", "left", "right", "top", "bottom")
@@ -19,7 +19,8 @@ OUTPAINT_REGIONS = ("center", "left", "right", "top", "bottom")
 @torch.no_grad()
 def generate_with_known(model, cond: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor,
                         decode: DecodeConfig = DecodeConfig(), freqs_cis: Optional[torch.Tensor] = None,
-                        seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                        seeds: Optional[torch.Tensor] = None,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Complete token grids: (B, N) ids in raster order, equal to `tokens` wherever `known` is True.
 
     cond (B,) class ids; tokens (B, N) raster ids (values at unknown cells are ignored); known (B, N) bool, the

@@ -16,9 +16,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from RandAR.applications.orders import subgrid_first_order, subgrid_positions
+from RandAR.model.orders import random_permutations, subgrid_first_order, subgrid_positions
 from RandAR.model.generate import DecodeConfig, Guidance, class_cfg, generate, linear_scale
-from RandAR.model.orders import random_permutations
 from RandAR.model.rope import precompute_freqs_cis_2d_extrapolation
 
 

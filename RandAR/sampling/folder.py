@@ -35,7 +35,8 @@ from RandAR.utils.seeding import Stream, seeds_for
 PACK_TIMEOUT = timedelta(hours=2)
 # How a decoding setting other than the CFG scales and steps is spelt in a run name (when not its default).
 NAME_TAGS = {"temperature": "temp", "top_k": "topk", "top_p": "topp"}
-DECODE_DEFAULTS = {f.name: f.default for f in fields(DecodeConfig) if f.name not in ("cfg_scales", "num_inference_steps")}
+DECODE_DEFAULTS = {f.name: f.default for f in fields(DecodeConfig)
+                   if f.name not in ("cfg_scales", "num_inference_steps")}  # always in the name
 
 
 def run_name(exp_name: str, ckpt_name: str, settings: Dict[str, Any], with_cfg: bool = True) -> str:
