@@ -8,7 +8,7 @@ holds exactly the teacher-forced sequence. This is the original release's scheme
 reference outputs depend on it.
 
 Applications reuse this loop by choosing the order, a prefix of known tokens, the RoPE table (a larger
-grid for extrapolation) and the guidance (RandAR.model.generate); they never copy it.
+grid for extrapolation) and the guidance (`Guidance`, below); they never copy it.
 """
 import math
 from dataclasses import dataclass
@@ -229,7 +229,7 @@ def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
     before temperature/top-k/top-p).
 
     decode: guidance scales, steps, temperature and filtering (DecodeConfig).
-    guidance: the branches and how their logits combine (RandAR.model.generate), for an application's own
+    guidance: the branches and how their logits combine (`Guidance`), for an application's own
         guidance; None: class CFG from decode.cfg_scales.
     known_tokens (B, K): ids already known at positions token_order[:, :K]; they enter the cache in one
         forward pass and are returned unchanged. The schedule spreads the N - K unknown tokens over
