@@ -14,8 +14,21 @@ differ from the stamp's stops before sampling (--force: remove that run's output
 out for a checkpoint exported by train_c2i.py, which carries its config.
 """
 import argparse
+import os
+import sys
+import time
 
-from RandAR.sampling.cli import add_decoding_args, add_model_args, add_run_args, run_sampling
+import torch
+
+from RandAR.model.generate import generate
+from RandAR.model.orders import random_permutations
+from RandAR.sampling.inputs import (USER_ERRORS, add_decoding_args, add_model_args, add_run_args, check_at_least_one,
+                                    check_for_model, check_inputs, ckpt_name, decode_config, load_models,
+                                    resolve_precision, run_stamp, sampling_settings)
+from RandAR.sampling.folder import (PACK_TIMEOUT, batches, claim_run_folder, class_labels, image_seeds,
+                                    my_missing_indices, png_name, run_name, save_debug_grid)
+from RandAR.sampling.image_io import save_png
+from RandAR.utils.distributed import barrier, cleanup, create_npz_from_sample_folder, init_distributed
 from RandAR.utils.logger import line_buffered_output
 
 
@@ -28,9 +41,65 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@torch.no_grad()
+def sample_batch(model, tokenizer, indices, decode, args, size_eval):
+    """Images `indices` -> uint8 (B, size_eval, size_eval, 3), each from its own label, seed and order."""
+    device = model.tok_embeddings.weight.device
+    labels = class_labels(indices, model.num_classes, args.global_seed, args.class_sampling)
+    seeds = image_seeds(args.global_seed, indices)
+    order = None
+    if model.position_order != "raster":
+        order = random_permutations(len(seeds), [model.block_size], seeds)[0].to(device)
+    codes = generate(model, torch.tensor(labels, device=device), decode, token_order=order,
+                     seeds=torch.tensor(seeds, device=device))                       # (B, N) raster
+    # The float image is resized before rounding, as the original's decode_codes_to_img(codes, size_eval).
+    return tokenizer.decode_codes_to_img(codes, size_eval), labels
+
+
 def main(argv=None):
     line_buffered_output()
-    run_sampling(parse_args(argv))
+    args = parse_args(argv)
+    try:  # every check that needs no model, before anything is built or written
+        decode = decode_config(args)
+        check_at_least_one(per_proc_batch_size=args.per_proc_batch_size)
+        inputs = check_inputs(args.config, args.gpt_ckpt, args.vq_ckpt)
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+    dist = init_distributed(timeout=PACK_TIMEOUT)
+    try:
+        model, tokenizer = load_models(inputs, dist.device, args.precision, args.compile)
+        decode, size = check_for_model(model, tokenizer, decode, args.image_size)
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+    size_eval = args.image_size_eval or size
+    settings = sampling_settings(decode, image_size=size, image_size_eval=size_eval,
+                                 precision=resolve_precision(args.precision, dist.device),
+                                 global_seed=args.global_seed, class_sampling=args.class_sampling)
+    folder = os.path.join(args.sample_dir, run_name(args.exp_name, ckpt_name(args.gpt_ckpt), settings))
+
+    if args.debug:  # a grid of the first batch, for a look before a long run
+        if dist.is_main:
+            start = time.time()
+            images, labels = sample_batch(model, tokenizer, range(args.per_proc_batch_size), decode, args, size_eval)
+            save_debug_grid(images, labels, f"{folder}-debug.png", time.time() - start)
+        cleanup()
+        return
+
+    claim_run_folder(folder, run_stamp(inputs, settings), dist, args.force)  # resume only the same run
+    mine, total = my_missing_indices(folder, args.num_fid_samples, dist)
+    start = time.time()
+    for batch in batches(mine, total, args.per_proc_batch_size, dist, desc=f"cfg {decode.cfg_scales[0]}-"
+                                                                           f"{decode.cfg_scales[1]}"):
+        images, _ = sample_batch(model, tokenizer, batch, decode, args, size_eval)
+        for index, image in zip(batch, images):
+            save_png(image, os.path.join(folder, png_name(index)))
+    barrier()
+    if dist.is_main:
+        secs = time.time() - start
+        print(f"sampled {total} images in {secs:.1f}s ({total / max(secs, 1e-9):.2f} img/s)", flush=True)
+        npz = create_npz_from_sample_folder(folder, args.num_fid_samples)
+        print(f"wrote {npz} [{args.num_fid_samples} images of {size_eval}px]", flush=True)
+    cleanup()
 
 
 if __name__ == "__main__":

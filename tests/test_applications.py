@@ -8,13 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from RandAR.applications.editing import generate_with_known, known_from_pixel_mask, place_region, region_box
-from RandAR.applications.orders import known_first_order, subgrid_first_order, subgrid_positions
+from RandAR.model.orders import known_first_order, random_permutations, subgrid_first_order, subgrid_positions
 import RandAR.applications.resolution_extrapolation as extrapolation
 from RandAR.applications.resolution_extrapolation import (extrapolation_rope, generate_resolution_extrapolation,
                                                           second_pass_schedule, spatial_cfg, spatial_context_keep)
 from RandAR.model.builder import build_randar
-from RandAR.model.guidance import class_cfg
-from RandAR.model.orders import random_permutations
+from RandAR.model.generate import DecodeConfig
 from RandAR.model.rope import precompute_freqs_cis_2d, precompute_freqs_cis_2d_extrapolation
 from RandAR.utils.config import load_config
 
@@ -120,7 +119,7 @@ def test_spatial_cfg_without_masking_is_class_cfg(model):
     """masking ratio 0: the spatial and uncond branches see the same context, so the combination reduces to
     class CFG exactly."""
     cond, seeds = torch.tensor([1, 4, 9]), torch.tensor([11, 12, 13])
-    kw = dict(cfg_scales=(2.0, 3.0), num_inference_steps=8, seeds=seeds)
+    kw = dict(decode=DecodeConfig((2.0, 3.0), 8), seeds=seeds)
     spatial, _ = generate_resolution_extrapolation(model, cond, spatial_cfg_scales=(2.5, 2.5),
                                                    spatial_masking_ratio=0.0, **kw)
     plain, _ = generate_resolution_extrapolation(model, cond, **kw)
@@ -133,8 +132,9 @@ def test_spatial_cfg_without_masking_is_class_cfg(model):
 # ---- resolution extrapolation --------------------------------------------------------------------------
 def test_low_res_tokens_are_the_image_generated_first(model):
     cond, seeds = torch.tensor([0, 5, 2, 9]), torch.tensor([3, 1, 4, 1])
-    ids, low = generate_resolution_extrapolation(model, cond, cfg_scales=(3.0, 3.0), spatial_cfg_scales=(2.5, 2.5),
-                                                 num_inference_steps=6, seeds=seeds)
+    ids, low = generate_resolution_extrapolation(model, cond, decode=DecodeConfig((3.0, 3.0), 6),
+                                                 spatial_cfg_scales=(2.5, 2.5),
+                                                 seeds=seeds)
     assert ids.shape == (4, 64) and low.shape == (4, 16)
     assert torch.equal(ids.view(4, 8, 8)[:, ::2, ::2].reshape(4, 16), low)
     # ... and those are exactly the ordinary 4x4 images of these seeds (sample_c2i.py's order convention).
@@ -142,8 +142,9 @@ def test_low_res_tokens_are_the_image_generated_first(model):
                               num_inference_steps=6, seeds=seeds)
     assert torch.equal(low, ordinary)
     # Per-sample seeds: a sample does not depend on its batch.
-    ids2, _ = generate_resolution_extrapolation(model, cond[2:], cfg_scales=(3.0, 3.0), spatial_cfg_scales=(2.5, 2.5),
-                                                num_inference_steps=6, seeds=seeds[2:])
+    ids2, _ = generate_resolution_extrapolation(model, cond[2:], decode=DecodeConfig((3.0, 3.0), 6),
+                                                spatial_cfg_scales=(2.5, 2.5),
+                                                seeds=seeds[2:])
     assert torch.equal(ids2, ids[2:])
 
 
@@ -170,13 +171,16 @@ def test_extrapolation_matches_the_original(model, monkeypatch):
         assert second_pass_schedule(model, call["num_inference_steps"], 64, 16) == planned, name
         assert case["second_pass_tokens_per_step_executed"] == planned[:-1]
         mask = ref.get(f"{name}.spatial_mask_randperm")
-        call = {k: v for k, v in call.items() if k not in ("cond", "token_order")}
+        decode = DecodeConfig(tuple(call["cfg_scales"]), call["num_inference_steps"], call["temperature"],
+                              call["top_k"], call["top_p"])
+        call = {k: v for k, v in call.items() if k in ("spatial_cfg_scales", "spatial_masking_ratio",
+                                                        "extrapolation_factor", "ntk_boundary")}
         with monkeypatch.context() as patch:
             if mask is not None:  # the original's spatial-CFG masks (drawn from torch's global RNG there)
                 def permutations(b, sizes, seeds, generator, mask=mask):
                     return random_permutations(b, sizes[:2], seeds, generator) + [mask]
                 patch.setattr(extrapolation, "random_permutations", permutations)
-            ids, low = generate_resolution_extrapolation(model, ref["cond"], order, **call)
+            ids, low = generate_resolution_extrapolation(model, ref["cond"], order, decode, **call)
         first, decoded = case["generation_order_rows_decoded"]
         sampled = order[:, :decoded]                                  # every position the original decided
         assert torch.equal(ids.gather(1, sampled), ref[f"{name}.result_indices"].gather(1, sampled)), name
@@ -189,8 +193,8 @@ def test_extrapolation_matches_the_original(model, monkeypatch):
 @pytest.mark.parametrize("steps", [-1, 1, 5, 20])
 def test_every_token_is_decoded(model, steps):
     m = no_zero_model(model)
-    ids, low = generate_resolution_extrapolation(m, torch.tensor([1, 2]), cfg_scales=(3.0, 3.0),
-                                                 spatial_cfg_scales=(2.5, 2.5), num_inference_steps=steps,
+    ids, low = generate_resolution_extrapolation(m, torch.tensor([1, 2]), decode=DecodeConfig((3.0, 3.0), steps),
+                                                 spatial_cfg_scales=(2.5, 2.5),
                                                  seeds=torch.tensor([7, 8]))
     assert bool((ids != 0).all()) and bool((low != 0).all())
     assert int(ids.min()) >= 0 and int(ids.max()) < m.vocab_size
@@ -228,8 +232,7 @@ def test_inpainting_keeps_known_tokens(model):
     known = known_from_pixel_mask(mask, 2)[None].expand(3, -1)
     for steps in (-1, 3):
         out = generate_with_known(no_zero_model(model), torch.tensor([1, 1, 1]), tokens, known,
-                                  guidance=class_cfg(torch.tensor([1, 1, 1]), (1.0, 4.0), 10),
-                                  num_inference_steps=steps, seeds=torch.tensor([1, 2, 3]))
+                                  DecodeConfig((1.0, 4.0), steps), seeds=torch.tensor([1, 2, 3]))
         assert torch.equal(out[known], tokens[known])
         assert bool((out[~known] != 0).all())  # every unknown token was drawn
     assert not torch.equal(out[0], out[1])  # different seeds, different completions
@@ -247,7 +250,6 @@ def test_outpainting_regions_and_larger_canvas(model):
     assert int(known[0].sum()) == 16 and bool(known.view(2, 8, 8)[:, 2:6, 2:6].all())
     # An 8x8 canvas for the 4x4 model, with the extrapolation RoPE.
     out = generate_with_known(model, torch.tensor([2, 3]), tokens, known,
-                              guidance=class_cfg(torch.tensor([2, 3]), (1.0, 3.0), model.num_classes),
-                              num_inference_steps=10, freqs_cis=extrapolation_rope(model, 2.0, 2),
+                              DecodeConfig((1.0, 3.0), 10), freqs_cis=extrapolation_rope(model, 2.0, 2),
                               seeds=torch.tensor([4, 5]))
     assert out.shape == (2, 64) and torch.equal(out[known], tokens[known])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from RandAR.toy.classifier import load_classifier
 from RandAR.utils.config import load_config
-from RandAR.sampling.labels import class_labels
+from RandAR.sampling.folder import class_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

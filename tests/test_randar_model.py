@@ -232,14 +232,14 @@ def test_one_entry_point_with_a_guidance_object():
     (no import cycle); guidance with a null branch on a model without the null class fails before decoding."""
     import ast
     from RandAR.model import generate as generate_module
-    from RandAR.model.guidance import Guidance, class_cfg
+    from RandAR.model.generate import Guidance, class_cfg
 
     model = random_model(9)
     cond, order = torch.tensor([1, 2]), torch.stack([torch.randperm(16), torch.randperm(16)])
     seeds = torch.tensor([5, 6])
     ref = model.generate(cond, token_order=order, cfg_scales=(1.0, 3.0), num_inference_steps=5, seeds=seeds)
-    ids = generate_module.generate(model, cond, token_order=order, guidance=class_cfg(cond, (1.0, 3.0), 10),
-                                   num_inference_steps=5, seeds=seeds)
+    ids = generate_module.generate(model, cond, generate_module.DecodeConfig((1.0, 3.0), 5), token_order=order,
+                                   seeds=seeds)
     assert torch.equal(ids, ref)
     model.num_inference_steps = 5  # None: the model's default steps
     assert torch.equal(generate_module.generate(model, cond, token_order=order, seeds=seeds,

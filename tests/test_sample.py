@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from RandAR.model.orders import random_permutations
-from RandAR.sampling import folder, image_io, inputs, labels
+from RandAR.sampling import folder, image_io, inputs
 from RandAR.utils import run_stamp
 from RandAR.utils.distributed import DistInfo, create_npz_from_sample_folder
 from helpers import load_script, write_tiny_weights
@@ -88,10 +88,10 @@ def test_batch_size_does_not_change_images(weights, plain, tmp_path):
     _, images = plain
     # Label, seed and order of an image are functions of its index, whatever batch it lands in.
     idx = list(range(N))
-    assert labels.class_labels(idx[4:8], 10, 0) == labels.class_labels(idx, 10, 0)[4:8]
-    assert labels.image_seeds(0, idx[4:8]) == labels.image_seeds(0, idx)[4:8]
-    torch.testing.assert_close(random_permutations(4, [16], labels.image_seeds(0, idx[4:8]))[0],
-                               random_permutations(len(idx), [16], labels.image_seeds(0, idx))[0][4:8])
+    assert folder.class_labels(idx[4:8], 10, 0) == folder.class_labels(idx, 10, 0)[4:8]
+    assert folder.image_seeds(0, idx[4:8]) == folder.image_seeds(0, idx)[4:8]
+    torch.testing.assert_close(random_permutations(4, [16], folder.image_seeds(0, idx[4:8]))[0],
+                               random_permutations(len(idx), [16], folder.image_seeds(0, idx))[0][4:8])
     sample_c2i.main(flags(weights, tmp_path, batch=4))
     # The tiny model's CPU arithmetic is batch-invariant, so even the pixels agree.
     np.testing.assert_array_equal(npz(tmp_path), images)
@@ -107,13 +107,13 @@ def test_resume_makes_only_the_missing_images(weights, plain, tmp_path, monkeypa
     kept = {i: os.stat(tmp_path / RUN / f"{i:06d}.png").st_mtime_ns for i in range(N) if i not in deleted}
 
     made = []
-    original = folder.sample_images
+    original = sample_c2i.sample_batch
 
-    def recording(model, tokenizer, indices, spec):
+    def recording(model, tokenizer, indices, *rest):
         made.extend(indices)
-        return original(model, tokenizer, indices, spec)
+        return original(model, tokenizer, indices, *rest)
 
-    monkeypatch.setattr(folder, "sample_images", recording)
+    monkeypatch.setattr(sample_c2i, "sample_batch", recording)
     sample_c2i.main(flags(weights, tmp_path, batch=4))
     assert sorted(made) == deleted
     assert all(os.stat(tmp_path / RUN / f"{i:06d}.png").st_mtime_ns == t for i, t in kept.items())
@@ -140,9 +140,9 @@ def test_same_file_name_other_checkpoint_does_not_resume(weights, other_weights,
     _, images = plain
     sample_c2i.main(flags(weights, tmp_path))  # the first model's run
     made = []
-    original = folder.sample_images
-    monkeypatch.setattr(folder, "sample_images",
-                        lambda m, t, indices, spec: made.extend(indices) or original(m, t, indices, spec))
+    original = sample_c2i.sample_batch
+    monkeypatch.setattr(sample_c2i, "sample_batch",
+                        lambda m, t, indices, *rest: made.extend(indices) or original(m, t, indices, *rest))
     before = sorted(os.listdir(tmp_path / RUN))
 
     with pytest.raises(SystemExit, match=r"^error: .*stamp\.json records another sampling run \(gpt_ckpt: .*--force"):
@@ -247,19 +247,19 @@ def test_stamp_of_an_earlier_version_resumes_or_names_the_change(tmp_path):
 
 def test_class_labels_and_seeds():
     idx = list(range(1000))
-    random = labels.class_labels(idx, 10, 0)
-    assert set(random) == set(range(10)) and labels.class_labels(idx[:100], 10, 0) == random[:100]
-    assert labels.class_labels(idx, 10, 1) != random
-    balanced = labels.class_labels(idx, 10, 0, "balanced")
+    random = folder.class_labels(idx, 10, 0)
+    assert set(random) == set(range(10)) and folder.class_labels(idx[:100], 10, 0) == random[:100]
+    assert folder.class_labels(idx, 10, 1) != random
+    balanced = folder.class_labels(idx, 10, 0, "balanced")
     assert np.bincount(balanced).tolist() == [100] * 10
     blocks = [balanced[b:b + 10] for b in range(0, 1000, 10)]
     assert all(sorted(b) == list(range(10)) for b in blocks)  # any prefix is balanced to within one
     assert len({tuple(b) for b in blocks}) > 50  # shuffled, and not one fixed order
-    assert labels.class_labels(idx[:35], 10, 0, "balanced") == balanced[:35]
-    assert labels.class_labels(idx, 10, 3, "balanced") != balanced
-    seeds = labels.image_seeds(0, range(10000))
+    assert folder.class_labels(idx[:35], 10, 0, "balanced") == balanced[:35]
+    assert folder.class_labels(idx, 10, 3, "balanced") != balanced
+    seeds = folder.image_seeds(0, range(10000))
     assert len(set(seeds)) == 10000 and all(0 <= s < 2 ** 63 for s in seeds)
-    assert not set(seeds) & set(labels.image_seeds(1, range(10000)))
+    assert not set(seeds) & set(folder.image_seeds(1, range(10000)))
 
 
 def test_debug_writes_one_grid(weights, tmp_path):
@@ -303,16 +303,18 @@ def test_npz_packing(tmp_path):
 
 def test_run_names_are_stable():
     """Existing sample folders and stamps are found by these names: they must not change."""
-    from RandAR.sampling.spec import ExtrapolationSpec, SamplingSpec
+    from RandAR.model.generate import DecodeConfig
+    from RandAR.sampling.inputs import sampling_settings
 
-    plain = SamplingSpec(cfg_scales=(1.0, 4.0), num_inference_steps=88, image_size=256, image_size_eval=256,
-                         precision="bf16")
-    assert plain.run_name("randar", "ckpt") == "randar-ckpt-size-256-256-cfg-1.0-4.0-steps-88-bf16-seed-0"
-    other = SamplingSpec(cfg_scales=(1.0, 2.5), num_inference_steps=-1, image_size=256, image_size_eval=512,
-                         temperature=0.9, top_k=5, top_p=0.8, global_seed=3, class_sampling="balanced")
-    assert other.run_name("e", "c", with_cfg=False) == ("e-c-size-256-512-steps--1-fp32-temp-0.9-topk-5-topp-0.8"
-                                                        "-balanced-seed-3")
-    extra = ExtrapolationSpec(cfg_scales=(3.0, 3.0), num_inference_steps=1024, image_size=512, image_size_eval=512,
-                              spatial_cfg_scales=(2.5, 2.5))
-    assert extra.run_name("x", "c") == ("x-c-size-512-512-cfg-3.0-3.0-steps-1024-fp32-extrap-2-ntk-2-scfg-2.5-2.5"
-                                        "-smask-0.5-seed-0")
+    plain = sampling_settings(DecodeConfig((1.0, 4.0), 88), image_size=256, image_size_eval=256, precision="bf16",
+                              global_seed=0, class_sampling="random")
+    assert folder.run_name("randar", "ckpt", plain) == "randar-ckpt-size-256-256-cfg-1.0-4.0-steps-88-bf16-seed-0"
+    other = sampling_settings(DecodeConfig((1.0, 2.5), -1, temperature=0.9, top_k=5, top_p=0.8), image_size=256,
+                              image_size_eval=512, precision="none", global_seed=3, class_sampling="balanced")
+    assert folder.run_name("e", "c", other, with_cfg=False) == ("e-c-size-256-512-steps--1-fp32-temp-0.9-topk-5-topp-0.8"
+                                                                "-balanced-seed-3")
+    extra = sampling_settings(DecodeConfig((3.0, 3.0), 1024), image_size=512, image_size_eval=512, precision="none",
+                              global_seed=0, class_sampling="random", spatial_cfg_scales=(2.5, 2.5),
+                              spatial_masking_ratio=0.5, extrapolation_factor=2, ntk_boundary=2)
+    assert folder.run_name("x", "c", extra) == ("x-c-size-512-512-cfg-3.0-3.0-steps-1024-fp32-extrap-2-ntk-2-scfg-2.5-2.5"
+                                                "-smask-0.5-seed-0")

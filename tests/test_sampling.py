@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from RandAR.model.guidance import class_cfg, linear_scale
-from RandAR.model.sampling import (counter_uniform, logits_to_probs, sample_from_probs, top_k_top_p_filter)
+from RandAR.model.generate import (class_cfg, counter_uniform, linear_scale, logits_to_probs, sample_from_probs,
+                                   top_k_top_p_filter)
 
 
 def _reference_filter(row, top_k, top_p):

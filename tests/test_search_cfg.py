@@ -10,8 +10,6 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from RandAR.eval import fid
-from RandAR.sampling import folder
-from RandAR.sampling.spec import SamplingSpec
 from helpers import load_script, write_tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,18 +56,18 @@ def counters(setup, monkeypatch):
     """Import path for the extractor; counts of evaluations and of images sampled in this process."""
     monkeypatch.syspath_prepend(str(setup))
     calls = {"evaluated": [], "sampled": 0}
-    evaluate_with, sample_images = fid.evaluate_with, folder.sample_images
+    evaluate_with, sample_batch = fid.evaluate_with, search.sample_batch
 
     def counting_evaluate(extractor, ref, sample, **kw):
         calls["evaluated"].append(os.path.basename(sample))
         return evaluate_with(extractor, ref, sample, **kw)
 
-    def counting_sample(model, tokenizer, indices, spec):
+    def counting_sample(model, tokenizer, indices, *rest):
         calls["sampled"] += len(indices)
-        return sample_images(model, tokenizer, indices, spec)
+        return sample_batch(model, tokenizer, indices, *rest)
 
     monkeypatch.setattr(fid, "evaluate_with", counting_evaluate)
-    monkeypatch.setattr(folder, "sample_images", counting_sample)
+    monkeypatch.setattr(search, "sample_batch", counting_sample)
     return calls
 
 
@@ -124,7 +122,8 @@ def test_scale_grid():
 
 def test_results_folder_gets_a_named_file(setup, counters, tmp_path):
     args = search.parse_args(flags(setup, tmp_path / "res"))
-    spec = SamplingSpec(cfg_scales=(1.0, 2.5), num_inference_steps=6, image_size=8, image_size_eval=8)
+    spec = dict(cfg_scales=(1.0, 2.5), num_inference_steps=6, image_size=8, image_size_eval=8, precision="none",
+                temperature=1.0, top_k=0, top_p=1.0, global_seed=0, class_sampling="random")
     expected = tmp_path / "res" / "tiny-gpt-size-8-8-steps-6-fp32-seed-0-search.json"  # no cfg in the name
     assert search.results_file(args, spec, "gpt") == str(expected)
 
@@ -199,15 +198,15 @@ def test_results_record_the_adm_backend(monkeypatch, tmp_path):
     """Numbers of the tf and the torch backend are not mixed in one results file (they agree to about 1e-6,
     not bit for bit); other evaluators have no backend."""
     from types import SimpleNamespace
-    monkeypatch.setattr(search, "run_stamp_of", lambda inputs, spec: {"sampling": {"cfg_scales": (1.0, 2.0)}})
+    monkeypatch.setattr(search, "run_stamp", lambda inputs, settings: {"sampling": settings})
     (tmp_path / "ref.npz").write_bytes(b"ref")
     args = SimpleNamespace(exp_name="x", num_fid_samples_search=8, ref_path=str(tmp_path / "ref.npz"),
                            evaluator="adm", evaluator_path=None, eval_backend="tf")
-    tf_settings = search.run_settings(args, None, None)
+    tf_settings = search.run_settings(args, None, {"cfg_scales": (1.0, 2.0)})
     path = str(tmp_path / "search.json")
     search.write_json(search.load_results(path, tf_settings), path)
     args.eval_backend = "torch"
     with pytest.raises(search.StampMismatchError, match="eval_backend"):
-        search.load_results(path, search.run_settings(args, None, None))
+        search.load_results(path, search.run_settings(args, None, {"cfg_scales": (1.0, 2.0)}))
     args.evaluator = "tiny_extractor.MeanColor"
-    assert search.run_settings(args, None, None)["eval_backend"] is None
+    assert search.run_settings(args, None, {"cfg_scales": (1.0, 2.0)})["eval_backend"] is None

@@ -22,11 +22,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from RandAR.sampling.cli import USER_ERRORS, add_editing_args, editing_from_flags  # noqa: E402
-from RandAR.sampling.editing import sample_completions  # noqa: E402
-from RandAR.applications.editing import known_from_pixel_mask  # noqa: E402
+from RandAR.applications.editing import complete_images, known_from_pixel_mask  # noqa: E402
+from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model,  # noqa: E402
+                                    check_inputs, decode_config, load_models)
 from RandAR.sampling.image_io import (crop_image_and_mask, encode_image, grey_out, open_mask,  # noqa: E402
-                                          open_rgb, save_results)
+                                      open_rgb, save_results)
+from RandAR.sampling.folder import image_seeds  # noqa: E402
 from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 
@@ -40,10 +41,15 @@ def parse_args(argv=None):
 def main(argv=None):
     line_buffered_output()
     args = parse_args(argv)
-    try:
+    try:  # the flags and inputs, checked before the models are built
         image = open_rgb(args.image)
         mask = open_mask(args.mask, image.size)
-        model, tokenizer, device, completions = editing_from_flags(args)
+        decode = decode_config(args)
+        check_at_least_one(num_samples=args.num_samples, batch_size=args.batch_size)
+        inputs = check_inputs(args.config, args.gpt_ckpt, args.vq_ckpt)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, tokenizer = load_models(inputs, device, args.precision, args.compile)
+        decode, _ = check_for_model(model, tokenizer, decode, None, class_id=args.class_id)
         patch = tokenizer.downsample_factor
         size = model.grid_size * patch
         crop, pixel_mask = crop_image_and_mask(image, mask, size)
@@ -53,7 +59,9 @@ def main(argv=None):
         tokens = encode_image(tokenizer, crop, device)
         print(f"{int(known.sum())} of {known.numel()} tokens known, {int((~known).sum())} to generate, "
               f"{args.num_samples} sample(s) of class {args.class_id}", flush=True)
-        results = sample_completions(model, tokenizer, completions, tokens, known[None], size)
+        seeds = image_seeds(args.seed, range(args.num_samples))  # sample i's order and draws
+        results = complete_images(model, tokenizer, decode, args.class_id, seeds, args.batch_size, tokens,
+                                  known[None], size)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     stem = os.path.splitext(os.path.basename(args.image))[0] + "_inpaint"

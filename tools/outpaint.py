@@ -23,14 +23,16 @@ import os
 import sys
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from RandAR.sampling.cli import USER_ERRORS, add_editing_args, editing_from_flags  # noqa: E402
-from RandAR.sampling.editing import sample_completions  # noqa: E402
-from RandAR.applications.editing import OUTPAINT_REGIONS, place_region, region_box  # noqa: E402
-from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
+from RandAR.applications.editing import OUTPAINT_REGIONS, complete_images, place_region, region_box  # noqa: E402
 from RandAR.applications.resolution_extrapolation import extrapolation_grid, extrapolation_rope  # noqa: E402
+from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model,  # noqa: E402
+                                    check_inputs, decode_config, load_models)
+from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
+from RandAR.sampling.folder import image_seeds  # noqa: E402
 from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
 
@@ -52,9 +54,14 @@ def parse_args(argv=None):
 def main(argv=None):
     line_buffered_output()
     args = parse_args(argv)
-    try:
+    try:  # the flags and inputs, checked before the models are built
         image = open_rgb(args.image)
-        model, tokenizer, device, completions = editing_from_flags(args)
+        decode = decode_config(args)
+        check_at_least_one(num_samples=args.num_samples, batch_size=args.batch_size)
+        inputs = check_inputs(args.config, args.gpt_ckpt, args.vq_ckpt)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, tokenizer = load_models(inputs, device, args.precision, args.compile)
+        decode, _ = check_for_model(model, tokenizer, decode, None, class_id=args.class_id)
         patch = tokenizer.downsample_factor
         grid = extrapolation_grid(model, args.extrapolation_factor)
         rope = None if grid == model.grid_size else extrapolation_rope(model, args.extrapolation_factor,
@@ -65,7 +72,9 @@ def main(argv=None):
         print(f"canvas {grid}x{grid} tokens ({grid * patch} px), input in {h}x{w} tokens at ({top}, {left}); "
               f"{int((~known).sum())} tokens to generate, {args.num_samples} sample(s) of class {args.class_id}",
               flush=True)
-        results = sample_completions(model, tokenizer, completions, tokens, known, grid * patch, freqs_cis=rope)
+        seeds = image_seeds(args.seed, range(args.num_samples))  # sample i's order and draws
+        results = complete_images(model, tokenizer, decode, args.class_id, seeds, args.batch_size, tokens, known,
+                                  grid * patch, freqs_cis=rope)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     canvas = np.full((grid * patch, grid * patch, 3), GREY, dtype=np.uint8)

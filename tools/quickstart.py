@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from RandAR.sampling.labels import class_labels  # noqa: E402
+from RandAR.sampling.folder import class_labels  # noqa: E402
 from RandAR.toy.data import load_tar_arrays  # noqa: E402
 from RandAR.toy.classifier import build_toy_extractor  # noqa: E402
 from RandAR.utils.atomic import atomic_path, write_json  # noqa: E402

@@ -5,29 +5,27 @@ decoded in random order with parallel decoding and CFG, by the one decoding loop
 (`RandAR.model.generate.generate`). Known tokens come back unchanged. Outpainting onto a canvas larger than the
 training grid passes the resolution-extrapolation RoPE table as `freqs_cis`.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
-from RandAR.applications.orders import known_first_order
-from RandAR.model.generate import generate
-from RandAR.model.guidance import Guidance
+from RandAR.model.orders import known_first_order
+from RandAR.model.generate import DecodeConfig, generate
 
 OUTPAINT_REGIONS = ("center", "left", "right", "top", "bottom")
 
 
 @torch.no_grad()
 def generate_with_known(model, cond: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor,
-                        guidance: Optional[Guidance] = None, num_inference_steps: Optional[int] = None,
-                        temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                        freqs_cis: Optional[torch.Tensor] = None, seeds: Optional[torch.Tensor] = None,
+                        decode: DecodeConfig = DecodeConfig(), freqs_cis: Optional[torch.Tensor] = None,
+                        seeds: Optional[torch.Tensor] = None,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Complete token grids: (B, N) ids in raster order, equal to `tokens` wherever `known` is True.
 
     cond (B,) class ids; tokens (B, N) raster ids (values at unknown cells are ignored); known (B, N) bool, the
     same number of known cells in every row. N is the model's block size, or the size of the grid `freqs_cis`
-    was made for. guidance: e.g. RandAR.model.guidance.class_cfg (None: no guidance). num_inference_steps:
-    steps for the unknown tokens (None: the model's default; -1: one token per step). seeds (B,): per-sample
+    was made for. decode: class CFG, steps for the unknown tokens and how they are drawn. seeds (B,): per-sample
     orders and draws, independent of the batch.
     """
     if tokens.shape != known.shape:
@@ -35,9 +33,26 @@ def generate_with_known(model, cond: torch.Tensor, tokens: torch.Tensor, known: 
     order, K = known_first_order(known, seeds=None if seeds is None else seeds.cpu(), generator=generator)
     order = order.to(tokens.device)
     known_ids = tokens.gather(1, order[:, :K]) if K else None
-    return generate(model, cond, token_order=order, guidance=guidance, num_inference_steps=num_inference_steps,
-                    temperature=temperature, top_k=top_k, top_p=top_p, known_tokens=known_ids,
-                    freqs_cis=freqs_cis, seeds=seeds, generator=generator)
+    return generate(model, cond, decode, token_order=order, known_tokens=known_ids, freqs_cis=freqs_cis,
+                    seeds=seeds, generator=generator)
+
+
+@torch.no_grad()
+def complete_images(model, tokenizer, decode: DecodeConfig, class_id: int, seeds: Sequence[int], batch_size: int,
+                    tokens: torch.Tensor, known: torch.Tensor, image_size: int,
+                    freqs_cis: Optional[torch.Tensor] = None) -> np.ndarray:
+    """One completion of one grid (tokens, known: (1, N)) per seed, `batch_size` at a time, decoded:
+    uint8 (len(seeds), image_size, image_size, 3). A completion depends on its seed only, not on the batch."""
+    device = tokens.device
+    images = []
+    for start in range(0, len(seeds), batch_size):
+        s = torch.tensor(seeds[start:start + batch_size], dtype=torch.long, device=device)
+        b = len(s)
+        cond = torch.full((b,), class_id, dtype=torch.long, device=device)
+        ids = generate_with_known(model, cond, tokens.expand(b, -1), known.expand(b, -1), decode,
+                                  freqs_cis=freqs_cis, seeds=s)
+        images.append(tokenizer.decode_codes_to_img(ids, image_size))
+    return np.concatenate(images)
 
 
 def known_from_pixel_mask(mask: torch.Tensor, patch: int) -> torch.Tensor:

@@ -17,10 +17,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from RandAR.applications.orders import subgrid_first_order, subgrid_positions
-from RandAR.model.generate import default_steps, generate, parallel_decoding_schedule
-from RandAR.model.guidance import Guidance, class_cfg, linear_scale
-from RandAR.model.orders import random_permutations
+from RandAR.model.orders import random_permutations, subgrid_first_order, subgrid_positions
+from RandAR.model.generate import (DecodeConfig, Guidance, class_cfg, default_steps, generate, linear_scale,
+                                   parallel_decoding_schedule)
 from RandAR.model.rope import precompute_freqs_cis_2d_extrapolation
 
 
@@ -102,11 +101,11 @@ def second_pass_schedule(model, num_inference_steps: Optional[int], num_tokens: 
 
 @torch.no_grad()
 def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = None,
-                                      cfg_scales: Sequence[float] = (1.0, 1.0),
+                                      decode: DecodeConfig = DecodeConfig(num_inference_steps=-1),
                                       spatial_cfg_scales: Sequence[float] = (1.0, 1.0),
-                                      spatial_masking_ratio: float = 0.5, num_inference_steps: int = -1,
-                                      extrapolation_factor: int = 2, ntk_boundary: int = 2, temperature: float = 1.0,
-                                      top_k: int = 0, top_p: float = 1.0, seeds: Optional[torch.Tensor] = None,
+                                      spatial_masking_ratio: float = 0.5,
+                                      extrapolation_factor: int = 2, ntk_boundary: int = 2,
+                                      seeds: Optional[torch.Tensor] = None,
                                       generator: Optional[torch.Generator] = None
                                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample (B, (f*g)^2) token ids of the large grid in raster order, and the (B, g^2) ids of the
@@ -114,10 +113,11 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Op
 
     cond (B,) class ids. token_order (B, (f*g)^2): the large grid's generation order (raster positions), the
     g^2 sub-grid cells first (the low-resolution image is generated in that order), then the others; drawn at
-    random when None. num_inference_steps: parallel-decoding steps of each pass (the low-resolution image, then
-    the large grid, whose schedule counts the known tokens: second_pass_schedule); -1, or at least the token
-    count, decodes one token per step. seeds (B,): per-sample orders, spatial masks and token draws, independent
-    of the batch (the two passes use disjoint counters of the same seed); else `generator` / torch's RNG.
+    random when None. decode: class CFG, and the parallel-decoding steps of each pass (the low-resolution image,
+    then the large grid, whose schedule counts the known tokens: second_pass_schedule); -1, or at least the
+    token count, decodes one token per step. seeds (B,): per-sample orders, spatial masks and token draws,
+    independent of the batch (the two passes use disjoint counters of the same seed); else `generator` / torch's
+    RNG.
     """
     factor = int(extrapolation_factor)
     if factor != extrapolation_factor or factor < 2:
@@ -137,19 +137,18 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Op
         low_order = low_res_order(token_order.cpu(), g, factor)
     low_order = low_order.to(device)
     seeds_dev = None if seeds is None else seeds.to(device)
-    sampling = dict(num_inference_steps=num_inference_steps, temperature=temperature, top_k=top_k, top_p=top_p,
-                    seeds=seeds_dev, generator=generator)
+    cfg_scales = decode.cfg_scales
 
     # 1. the low-resolution image, on the model's own grid, with class CFG.
-    low_ids = generate(model, cond, token_order=low_order, guidance=class_cfg(cond, cfg_scales, model.num_classes),
-                       **sampling)                                                             # (B, g*g) raster
+    low_ids = generate(model, cond, decode, token_order=low_order, seeds=seeds_dev,
+                       generator=generator)                                                    # (B, g*g) raster
 
     # 2. the large grid: the low-resolution tokens (in their generation order) as known context.
     known = low_ids.gather(1, low_order)                                                       # (B, g*g)
     guidance = spatial_cfg(cond, model.num_classes, cfg_scales, spatial_cfg_scales,
                            spatial_context_keep(mask_perm, spatial_masking_ratio))
-    schedule = second_pass_schedule(model, num_inference_steps, order.shape[1], g * g)
-    ids = generate(model, cond, token_order=order, known_tokens=known, freqs_cis=rope, guidance=guidance,
-                   tokens_per_step=schedule, **sampling)                                       # (B, (f*g)^2)
+    schedule = second_pass_schedule(model, decode.num_inference_steps, order.shape[1], g * g)
+    ids = generate(model, cond, decode, token_order=order, known_tokens=known, freqs_cis=rope, guidance=guidance,
+                   seeds=seeds_dev, generator=generator, tokens_per_step=schedule)             # (B, (f*g)^2)
     assert torch.equal(ids[:, subgrid_positions(g, factor).to(device)], low_ids)
     return ids, low_ids

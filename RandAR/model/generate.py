@@ -8,16 +8,126 @@ holds exactly the teacher-forced sequence. This is the original release's scheme
 reference outputs depend on it.
 
 Applications reuse this loop by choosing the order, a prefix of known tokens, the RoPE table (a larger
-grid for extrapolation) and the guidance (RandAR.model.guidance); they never copy it.
+grid for extrapolation) and the guidance (`Guidance`, below); they never copy it.
 """
 import math
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from RandAR.model.guidance import Guidance, no_guidance, require_null_class
-from RandAR.model.sampling import counter_uniform, logits_to_probs, sample_from_probs
-from RandAR.model.sequence import interleave
+from RandAR.utils.seeding import splitmix64
+
+
+# ---- the training sequence's layout, shared with the model's forward ----------------------------------------
+def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, n, ...) and (B, n, ...) -> (B, 2n, ...) as a_1, b_1, a_2, b_2, ..."""
+    return torch.stack([a, b], dim=2).flatten(1, 2)
+
+
+# ---- drawing tokens: logits -> probabilities -> ids, stateless and free of host synchronisation -------------
+# Randomness enters as uniform numbers (one per token to draw): torch's RNG, or `counter_uniform`, a hash of
+# (per-image seed, counter) that makes every image's draws independent of the batch it is generated in.
+def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """Deterministic uniforms in [0, 1): seeds (B,) int64, counters (n,) int64 -> (B, n) float32.
+
+    The value for (seed, counter) never depends on which other rows or counters are in the call.
+    """
+    x = splitmix64(splitmix64(seeds.long()[:, None]) ^ counters.long()[None, :])
+    return ((x >> 40) & ((1 << 24) - 1)).float() / float(1 << 24)  # top 24 bits (logical shift)
+
+
+def top_k_top_p_filter(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k and outside the nucleus of mass top_p to -inf (last dim).
+
+    top_k <= 0 and top_p >= 1 disable each filter. The nucleus keeps the smallest prefix of the sorted
+    tokens whose probability reaches top_p (so the most likely token always stays).
+    """
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove_sorted = (cum - sorted_logits.softmax(-1)) > top_p  # mass before this token already exceeds top_p
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    logits = logits.float() / max(temperature, 1e-5)
+    return top_k_top_p_filter(logits, top_k, top_p).softmax(dim=-1)
+
+
+def sample_from_probs(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: probs (..., V), uniform (...) in [0, 1) -> ids (...) long."""
+    cdf = probs.cumsum(-1)
+    u = uniform.unsqueeze(-1) * cdf[..., -1:]  # scale by the total so round-off never runs past the end
+    idx = (cdf <= u).sum(-1)
+    return idx.clamp_max(probs.shape[-1] - 1)
+
+
+# ---- guidance: which class ids each branch sees, and how the branches' logits combine -----------------------
+# Every branch runs in the same batch (branches stacked along the batch axis). Class CFG has two branches
+# [cond, null]; spatial CFG (resolution extrapolation) three; no guidance is one branch whose logits pass through.
+@dataclass(frozen=True)
+class Guidance:
+    """branch_classes: per branch, (B,) class ids. combine(logits per branch (B, n, V), fraction of all tokens
+    known before this step) -> (B, n, V). known_token_keep: per branch, None or a (B, K) 0/1 weight on the known
+    tokens' embeddings (spatial CFG hides part of the context in one branch)."""
+    branch_classes: List[torch.Tensor]
+    combine: Callable[[List[torch.Tensor], float], torch.Tensor]
+    known_token_keep: Optional[List[Optional[torch.Tensor]]] = None
+
+    @property
+    def uses_null_class(self) -> bool:
+        return len(self.branch_classes) > 1
+
+
+def linear_scale(scales: Sequence[float], fraction: float) -> float:
+    """Scale that goes linearly from scales[0] (nothing decoded) to scales[-1] (everything decoded)."""
+    return scales[0] + (scales[-1] - scales[0]) * fraction
+
+
+def no_guidance(cond: torch.Tensor) -> Guidance:
+    return Guidance([cond], lambda logits, fraction: logits[0])
+
+
+def class_cfg(cond: torch.Tensor, cfg_scales: Sequence[float], null_class: int) -> Guidance:
+    """Plain class CFG: [cond, null] combined as u + s * (c - u), s linear in the fraction decoded; as in the
+    original, guidance is on when the *last* scale is > 1 (else no guidance)."""
+    if cfg_scales[-1] <= 1.0:
+        return no_guidance(cond)
+
+    def combine(logits, fraction):
+        c, u = logits
+        return u + linear_scale(cfg_scales, fraction) * (c - u)
+    return Guidance([cond, torch.full_like(cond, null_class)], combine)
+
+
+def require_null_class(model, guided: bool, fix: str = "use cfg scales 1.0,1.0"):
+    """The one check that guidance has the null-class embedding row it needs."""
+    if guided and not model.cls_embedding.has_null_class:
+        raise ValueError(f"classifier-free guidance needs the null class, but this model was built with "
+                         f"class_dropout_prob=0 (no null-class embedding row): {fix}")
+
+
+# ---- the decoding loop ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How tokens are decoded: the one settings object every tool builds from its flags and `generate` reads.
+
+    cfg_scales: class CFG scale, linear from the first value (nothing decoded) to the second (all decoded);
+    guidance is off when the second is <= 1. num_inference_steps: parallel-decoding steps of the tokens to
+    generate (None: the model's default; -1: one token per step). temperature, top_k (0: off), top_p (1.0:
+    off): how each token is drawn from the guided logits.
+    """
+    cfg_scales: Tuple[float, float] = (1.0, 1.0)
+    num_inference_steps: Optional[int] = None
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
 
 
 def parallel_decoding_schedule(num_tokens: int, num_inference_steps: int, num_known: int = 0) -> List[int]:
@@ -110,9 +220,8 @@ def decode_in_pieces(step_fn, x: torch.Tensor, freqs: torch.Tensor, start: int, 
 
 
 @torch.no_grad()
-def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = None,
-             guidance: Optional[Guidance] = None, num_inference_steps: Optional[int] = None,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
+             token_order: Optional[torch.Tensor] = None, guidance: Optional[Guidance] = None,
              known_tokens: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None,
              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
              static_shapes: bool = False, compile=None, chunk_size: int = STATIC_CHUNK,
@@ -124,11 +233,12 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     return_logits also the (B, N, V) logits each token was drawn from (generation order, after guidance,
     before temperature/top-k/top-p).
 
-    guidance: the branches and how their logits combine (RandAR.model.guidance: class_cfg, or an
-        application's); None: no guidance. num_inference_steps: None = the model's default (default_steps).
+    decode: guidance scales, steps, temperature and filtering (DecodeConfig).
+    guidance: the branches and how their logits combine (`Guidance`), for an application's own
+        guidance; None: class CFG from decode.cfg_scales.
     known_tokens (B, K): ids already known at positions token_order[:, :K]; they enter the cache in one
         forward pass and are returned unchanged. The schedule spreads the N - K unknown tokens over
-        num_inference_steps steps; guidance scales follow the fraction of all N tokens known before a step.
+        decode.num_inference_steps steps; guidance scales follow the fraction of all N tokens known before a step.
     tokens_per_step: the tokens each step decodes (positive, summing to N - K), instead of that schedule.
     freqs_cis: RoPE table [cls + N, head_dim/2, 2] for another grid (resolution extrapolation).
     seeds (B,) int64: draw each sample's random numbers from its own seed (batch-independent); else torch's
@@ -166,7 +276,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
         if int(known_tokens.min()) < 0 or int(known_tokens.max()) >= model.vocab_size:
             raise ValueError(f"known token ids must be in [0, {model.vocab_size - 1}]")
 
-    guidance = no_guidance(cond) if guidance is None else guidance
+    guidance = class_cfg(cond, decode.cfg_scales, model.num_classes) if guidance is None else guidance
     require_null_class(model, guidance.uses_null_class)
     n_branch = len(guidance.branch_classes)
 
@@ -182,7 +292,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
     result = torch.zeros(B, N, dtype=torch.long, device=device)                      # generation order
     step_logits = torch.zeros(B, N, model.vocab_size, device=device) if return_logits else None
     if tokens_per_step is None:
-        counts = parallel_decoding_schedule(N - K, default_steps(model, num_inference_steps))
+        counts = parallel_decoding_schedule(N - K, default_steps(model, decode.num_inference_steps))
     else:
         counts = [int(n) for n in tokens_per_step]
         if sum(counts) != N - K or min(counts, default=1) < 1:
@@ -227,7 +337,7 @@ def generate(model, cond: torch.Tensor, token_order: Optional[torch.Tensor] = No
                 u = counter_uniform(seeds.to(device), torch.arange(a, a + n, device=device))
             else:
                 u = torch.rand(B, n, device=device, generator=generator)
-            ids = sample_from_probs(logits_to_probs(logits, temperature, top_k, top_p), u)
+            ids = sample_from_probs(logits_to_probs(logits, decode.temperature, decode.top_k, decode.top_p), u)
             result[:, a:a + n] = ids
             if return_logits:
                 step_logits[:, a:a + n] = logits

@@ -12,6 +12,7 @@ State-dict keys, shapes and numerics follow the official checkpoints. Generation
 """
 import contextlib
 import math
+from dataclasses import fields
 from typing import Optional
 
 import torch
@@ -19,11 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from RandAR.model.generate import default_steps, generate
-from RandAR.model.guidance import class_cfg
+from RandAR.model.generate import DecodeConfig, generate, interleave
 from RandAR.model.orders import random_orders
 from RandAR.model.rope import apply_rotary_emb, precompute_freqs_cis_2d
-from RandAR.model.sequence import interleave
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -345,10 +344,10 @@ class RandARTransformer(nn.Module):
             h = layer(h, freqs_cis, cache_pos, mask)
         return self.logits(h if num_logits is None else h[:, h.shape[1] - num_logits:])
 
-    def generate(self, cond, token_order=None, cfg_scales=(1.0, 1.0), num_inference_steps=None, temperature=1.0,
-                 top_k=0, top_p=1.0, **kwargs):
+    def generate(self, cond, token_order=None, cfg_scales=(1.0, 1.0), **kwargs):
         """The original release's API: sample token ids (B, block_size) in raster order with class CFG from
-        cfg_scales. `RandAR.model.generate.generate` (the one loop) takes the other arguments."""
-        return generate(self, cond, token_order=token_order, guidance=class_cfg(cond, cfg_scales, self.num_classes),
-                        num_inference_steps=default_steps(self, num_inference_steps), temperature=temperature,
-                        top_k=top_k, top_p=top_p, **kwargs)
+        cfg_scales; DecodeConfig's other fields (num_inference_steps, temperature, ...) by name, and
+        `RandAR.model.generate.generate`'s other arguments."""
+        names = {f.name for f in fields(DecodeConfig)}
+        decode = DecodeConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in names}, cfg_scales=tuple(cfg_scales))
+        return generate(self, cond, decode, token_order=token_order, **kwargs)

@@ -1,10 +1,10 @@
-"""Class-conditional sampling into a folder of PNGs, exact under any number of processes and any batch size.
+"""A sampling run's folder: its name, its stamp, which images it still lacks, and the debug grid.
 
 Image i has its own class label, seed and generation order, all derived from (global seed, i) alone
-(RandAR.sampling.labels), so which process makes it, in which batch, and whether the run was interrupted
+(below), so which process makes it, in which batch, and whether the run was interrupted
 before does not change what it is (pixel for pixel where the arithmetic is batch-invariant, e.g. at an equal
-batch size). Used by sample_c2i.py, tools/resolution_extrapolation.py and tools/search_cfg_weights.py, which
-samples many scales within one process group.
+batch size). The scripts (sample_c2i.py, tools/resolution_extrapolation.py, tools/search_cfg_weights.py) run
+the batch loop themselves with these pieces.
 
 Layout: <sample-dir>/<run-name>/{i:06d}.png, then one <sample-dir>/<run-name>.npz (see
 RandAR.utils.distributed.create_npz_from_sample_folder), and <sample-dir>/<run-name>.stamp.json, written before
@@ -14,42 +14,88 @@ inputs under the same run name (e.g. another training's `iters_00360000.safetens
 that differ, unless force, which removes that run's outputs and starts it afresh.
 """
 import glob
-import math
 import os
 import sys
-import time
+from dataclasses import fields
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
+import torch
 
+from RandAR.model.generate import DecodeConfig
 from RandAR.sampling.image_io import save_png
-from RandAR.sampling.inputs import SamplingInputs, ckpt_name, run_stamp_of
-from RandAR.sampling.labels import class_labels
-from RandAR.sampling.spec import SamplingSpec, sample_images
-from RandAR.utils.distributed import DistInfo, barrier, broadcast_object, create_npz_from_sample_folder
+from RandAR.utils.distributed import DistInfo, broadcast_object
 from RandAR.utils.images import image_grid
 from RandAR.utils.progress import progress
 from RandAR.utils.run_stamp import StampMismatchError, claim
+from RandAR.utils.seeding import Stream, seeds_for
 
 # Ranks wait in a collective while rank 0 alone packs the .npz (50k PNGs take minutes).
 PACK_TIMEOUT = timedelta(hours=2)
+# How a decoding setting other than the CFG scales and steps is spelt in a run name (when not its default).
+NAME_TAGS = {"temperature": "temp", "top_k": "topk", "top_p": "topp"}
+DECODE_DEFAULTS = {f.name: f.default for f in fields(DecodeConfig)
+                   if f.name not in ("cfg_scales", "num_inference_steps")}  # always in the name
 
 
+def run_name(exp_name: str, ckpt_name: str, settings: Dict[str, Any], with_cfg: bool = True) -> str:
+    """Every setting of `settings` (a run stamp's "sampling" part: DecodeConfig's fields, image sizes, precision,
+    seed, class sampling, resolution extrapolation's) that changes the pixels, spelt out, e.g.
+    randar-ckpt-size-256-256-cfg-1.0-4.0-steps-88-bf16-seed-0 (with_cfg=False drops the cfg part). Decoding
+    settings at their defaults are left out, to keep the common names short."""
+    s = settings
+    a, b = s["cfg_scales"]
+    name = (f"{exp_name}-{ckpt_name}-size-{s['image_size']}-{s['image_size_eval']}"
+            + (f"-cfg-{a}-{b}" if with_cfg else "")
+            + f"-steps-{s['num_inference_steps']}-{'fp32' if s['precision'] == 'none' else s['precision']}")
+    for key, default in DECODE_DEFAULTS.items():
+        if s[key] != default:
+            name += f"-{NAME_TAGS.get(key, key.replace('_', ''))}-{s[key]}"
+    if s["class_sampling"] != "random":
+        name += f"-{s['class_sampling']}"
+    if "extrapolation_factor" in s:
+        c, d = s["spatial_cfg_scales"]
+        name += (f"-extrap-{s['extrapolation_factor']}-ntk-{s['ntk_boundary']}-scfg-{c}-{d}"
+                 f"-smask-{s['spatial_masking_ratio']}")
+    return f"{name}-seed-{s['global_seed']}"
+
+
+# ---- per-image randomness: each image's seed and class label depend on (global seed, image index) alone --------
+CLASS_SAMPLING = ("random", "balanced")
+
+
+def image_seeds(global_seed: int, indices: Sequence[int]) -> List[int]:
+    """The seed of each image: it drives the image's token order and every token draw."""
+    return seeds_for(global_seed, Stream.IMAGE, indices)
+
+
+def class_labels(indices: Sequence[int], num_classes: int, global_seed: int, mode: str = "random") -> List[int]:
+    """Class of each image index, a function of (global seed, index) only: the same for every world size,
+    batch size and total count (a 10k run is the prefix of a 50k run).
+
+    random: an independent uniform draw per image (the original drew labels at random too, per batch).
+    balanced: indices come in blocks of num_classes, each block a seeded shuffle of all classes: every class
+        equally often when the count is a multiple of num_classes, and within one of that in any prefix.
+    """
+    if mode == "random":
+        return [v % num_classes for v in seeds_for(global_seed, Stream.LABEL, indices)]
+    if mode != "balanced":
+        raise ValueError(f"class sampling must be one of {CLASS_SAMPLING}, got {mode!r}")
+    perms = {}
+    labels = []
+    for i in indices:
+        block = i // num_classes
+        if block not in perms:
+            g = torch.Generator().manual_seed(seeds_for(global_seed, Stream.BALANCED_BLOCK, [block])[0])
+            perms[block] = torch.randperm(num_classes, generator=g).tolist()
+        labels.append(perms[block][i % num_classes])
+    return labels
+
+
+# ---- the run folder --------------------------------------------------------------------------------------------
 def png_name(index: int) -> str:
     return f"{index:06d}.png"
-
-
-def missing_indices(folder: str, num: int) -> List[int]:
-    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-    return [i for i in range(num) if png_name(i) not in names]
-
-
-def _per_step_counts(n_missing: int, world_size: int, batch_size: int) -> List[int]:
-    """Images all ranks make together at each step (rank r holds missing[r::world]); for the progress bar."""
-    shards = [len(range(r, n_missing, world_size)) for r in range(world_size)]
-    steps = math.ceil(shards[0] / batch_size) if shards else 0
-    return [sum(min(batch_size, max(0, s - t * batch_size)) for s in shards) for t in range(steps)]
 
 
 def stamp_path(folder: str) -> str:
@@ -69,6 +115,7 @@ def claim_run_folder(folder: str, stamp: Dict[str, Any], dist: DistInfo, force: 
     if dist.is_main:
         try:
             resumed = claim(stamp_path(folder), stamp, run_outputs(folder), force, what="sampling run")
+            os.makedirs(folder, exist_ok=True)
         except StampMismatchError as e:
             error = str(e)
     error, resumed = broadcast_object((error, resumed))
@@ -77,68 +124,38 @@ def claim_run_folder(folder: str, stamp: Dict[str, Any], dist: DistInfo, force: 
     return resumed
 
 
-def sample_to_folder(model, tokenizer, spec: SamplingSpec, folder: str, num: int, batch_size: int,
-                     dist: DistInfo, stamp: Dict[str, Any], sampler: Optional[Callable] = None,
-                     force: bool = False) -> int:
-    """Make the PNGs 0..num-1 that `folder` lacks; every rank calls this. Returns how many were made.
-    `sampler(model, tokenizer, indices, spec)` -> uint8 images makes them (default `sample_images`; resolution
-    extrapolation passes its own). `stamp` (see `run_stamp_of`) must match the folder's, else it stops before
-    sampling; `force` removes the run's outputs first.
+def missing_indices(folder: str, num: int) -> List[int]:
+    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    return [i for i in range(num) if png_name(i) not in names]
 
-    Rank 0 lists the folder and every rank takes every world_size-th missing index, so a re-run after a crash
-    makes only the missing images, on any number of processes. Returns after a barrier: all PNGs exist then.
-    """
-    claim_run_folder(folder, stamp, dist, force)
-    if dist.is_main:
-        os.makedirs(folder, exist_ok=True)
-    # One listing for all ranks: a rank looking later could already see others' new files.
+
+def my_missing_indices(folder: str, num: int, dist: DistInfo) -> Tuple[List[int], int]:
+    """(this rank's share of the PNGs 0..num-1 that `folder` lacks, how many all ranks make). Rank 0 lists the
+    folder once for all ranks (a rank looking later could already see others' new files) and every rank takes
+    every world_size-th one, so a re-run after a crash makes only the missing images, on any number of
+    processes."""
     missing = broadcast_object(missing_indices(folder, num) if dist.is_main else None)
-    mine = missing[dist.rank::dist.world_size]
     if dist.is_main:
         print(f"{folder}: {num - len(missing)} of {num} images present, sampling {len(missing)} "
               f"on {dist.world_size} process(es)", flush=True)
-    counts = _per_step_counts(len(missing), dist.world_size, batch_size)
-    pbar = progress(total=len(missing), unit="img", disable=not dist.is_main, dynamic_ncols=True,
-                    desc=f"cfg {spec.cfg_scales[0]}-{spec.cfg_scales[1]}")
+    return missing[dist.rank::dist.world_size], len(missing)
+
+
+def batches(mine: Sequence[int], total: int, batch_size: int, dist: DistInfo, desc: str) -> Iterator[List[int]]:
+    """`mine` in batches of batch_size, with a progress bar on rank 0 over the `total` images of all ranks."""
+    shards = [len(range(r, total, dist.world_size)) for r in range(dist.world_size)]
+    bar = progress(total=total, unit="img", disable=not dist.is_main, dynamic_ncols=True, desc=desc)
     for step, start in enumerate(range(0, len(mine), batch_size)):
-        batch = mine[start:start + batch_size]
-        for index, image in zip(batch, (sampler or sample_images)(model, tokenizer, batch, spec)):
-            save_png(image, os.path.join(folder, png_name(index)))
-        pbar.update(counts[step])  # rank 0 has the most steps; this counts all ranks' images of the step
-    pbar.close()
-    barrier()
-    return len(missing)
+        yield list(mine[start:start + batch_size])
+        # rank 0 has the most steps; this counts all ranks' images of the step
+        bar.update(sum(min(batch_size, max(0, n - step * batch_size)) for n in shards))
+    bar.close()
 
 
-def save_debug_grid(model, tokenizer, spec: SamplingSpec, path: str, batch_size: int,
-                    sampler: Optional[Callable] = None) -> str:
-    """Images 0..batch_size-1 as one grid PNG (the first batch of the run), for a look before a long run."""
-    indices = list(range(batch_size))
-    start = time.time()
-    images = (sampler or sample_images)(model, tokenizer, indices, spec)
-    labels = class_labels(indices, model.num_classes, spec.global_seed, spec.class_sampling)
+def save_debug_grid(images: np.ndarray, labels: Sequence[int], path: str, seconds: float) -> str:
+    """The first batch's images as one grid PNG (black, with a 2 px frame), for a look before a long run."""
     grid = image_grid(images, pad=2, background=0)
-    save_png(np.pad(grid, ((2, 2), (2, 2), (0, 0))), path)  # black, with a 2 px frame
-    print(f"debug: wrote {path} ({len(indices)} images in {time.time() - start:.1f}s, row-major class labels "
-          f"{labels})", flush=True)
+    save_png(np.pad(grid, ((2, 2), (2, 2), (0, 0))), path)
+    print(f"debug: wrote {path} ({len(images)} images in {seconds:.1f}s, row-major class labels "
+          f"{list(labels)})", flush=True)
     return path
-
-
-def sample_run(dist: DistInfo, model, tokenizer, spec: SamplingSpec, inputs: SamplingInputs, *, sample_dir: str,
-               exp_name: str, num: int, batch_size: int, debug: bool = False, force: bool = False,
-               sampler: Optional[Callable] = None):
-    """The body of the sampling mains (sample_c2i.py, resolution extrapolation): with `debug` a grid of the first
-    batch; otherwise the PNGs of <sample_dir>/<run-name>/ that are missing, then rank 0 packs <run-name>.npz."""
-    folder = os.path.join(sample_dir, spec.run_name(exp_name, ckpt_name(inputs.gpt_ckpt)))
-    if debug:
-        if dist.is_main:
-            save_debug_grid(model, tokenizer, spec, f"{folder}-debug.png", batch_size, sampler)
-        return
-    start = time.time()
-    made = sample_to_folder(model, tokenizer, spec, folder, num, batch_size, dist, run_stamp_of(inputs, spec),
-                            sampler, force=force)
-    if dist.is_main:
-        secs = time.time() - start
-        print(f"sampled {made} images in {secs:.1f}s ({made / max(secs, 1e-9):.2f} img/s)", flush=True)
-        npz = create_npz_from_sample_folder(folder, num)
-        print(f"wrote {npz} [{num} images of {spec.image_size_eval}px]", flush=True)
