@@ -1,7 +1,8 @@
 """Byte-for-byte outputs of the sampling tools on the tiny fixture model with fixed seeds: sample_c2i.py (the
 PNGs and the .npz array), inpaint, outpaint, resolution extrapolation (its own script and the CFG search's
 documented form of it) and the CFG search's --debug grids. The hashes were recorded from the code before the
-sampling side was restructured (resolution extrapolation's after its schedule became the original's); any change of what these tools draw or write changes them.
+sampling side was restructured (resolution extrapolation's after its schedule became the original's); any
+change of what these tools draw or write changes them.
 
 RANDAR_PRINT_HASHES=1 prints the hashes a run makes instead of comparing them.
 """
