@@ -11,12 +11,14 @@ from RandAR.model.generate import default_steps, generate
 from RandAR.model.guidance import class_cfg, require_null_class
 from RandAR.model.orders import random_permutations
 from RandAR.sampling.labels import class_labels, image_seeds
+from RandAR.utils.precision import default_precision
 
 PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(precision: Optional[str], device: torch.device) -> str:
-    return precision or ("bf16" if device.type == "cuda" else "none")
+    """--precision, or by default bf16 on CUDA and on CPUs with native bfloat16, else none (float32)."""
+    return precision or default_precision(device)
 
 
 @dataclass(frozen=True)
