@@ -58,7 +58,8 @@ def test_quickstart_quick_run(tmp_path):
             predicted = classifier(_model_input(images)).argmax(1).numpy()
         assert m["class_accuracy"] == pytest.approx(np.mean(predicted == labels))
         assert m["fid"] == pytest.approx(_closed_form_fid(_toy_pool(classifier, images), ref_pool), rel=1e-3)
-    for name in ("samples_per_class.png", "steps_comparison.png", "inpainting.png", "training_curves.png"):
+    for name in ("samples_per_class.png", "steps_comparison.png", "inpainting.png", "outpainting.png",
+                 "training_curves.png"):
         assert Image.open(results / name).size[0] > 100, name
 
     # The sample packs hold exactly the requested counts of 32x32 RGB images.

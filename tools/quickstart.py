@@ -13,10 +13,11 @@ output exists (--force reruns everything):
  5. train       train_c2i.py: a small RandAR (configs/randar/randar_toy.yaml)
  6. search      tools/search_cfg_weights.py --evaluator toy: CFG scales 1.0-4.0, then the best one on more samples
  7. steps       sample_c2i.py at 64 steps (one token per step), 22 and 8 (parallel decoding), best CFG
- 8. inpaint     tools/inpaint.py on a held-out image with its centre masked
+ 8. inpaint     tools/inpaint.py on a held-out image with its centre masked (also pasted back: --paste-known)
+ 9. outpaint    tools/outpaint.py on the same image: its centre kept, the rest generated
 
-Outputs in <out>/results: samples_per_class.png, steps_comparison.png, inpainting.png, training_curves.png,
-metrics.json, and the summary table printed at the end.
+Outputs in <out>/results: samples_per_class.png, steps_comparison.png, inpainting.png, outpainting.png,
+training_curves.png, metrics.json, and the summary table printed at the end.
 """
 import argparse
 import glob
@@ -51,6 +52,7 @@ EXP = "toy"
 # Sampling keeps the 4 likeliest of the 128 codes: for a model trained for minutes this lowers FID and what
 # parallel decoding costs in FID (README, "Quickstart results").
 TOP_K = 4
+PASTE_FEATHER = 2  # the inpainting and outpainting pictures also show the input pasted back, feathered over 2 px
 
 # Sizes of the full run and of --quick (the test suite's reduced run).
 # None: the configs' and tools' own defaults (what GETTING_STARTED.md's stage-by-stage commands run).
@@ -240,7 +242,14 @@ def main(argv=None):
     run("inpaint", ["tools/inpaint.py", "--config", MODEL_CONFIG, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
                     "--image", image_path, "--mask", mask_path, "--class-id", int(val_labels[0]),
                     "--num-samples", 4, "--cfg-scales", f"1.0,{best}", "--num-inference-steps", 8, "--top-k", TOP_K,
-                    "--output-dir", inpaint_dir, "--device", "cpu"], logs)
+                    "--output-dir", inpaint_dir, "--device", "cpu", "--paste-known", PASTE_FEATHER], logs)
+    # 9: outpainting the same image: its centre 16x16 kept, the rest of the 32x32 canvas generated
+    outpaint_dir = os.path.join(out, "outpaint")
+    run("outpaint", ["tools/outpaint.py", "--config", MODEL_CONFIG, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
+                     "--image", image_path, "--class-id", int(val_labels[0]), "--region", "center",
+                     "--region-size", 0.5, "--num-samples", 4, "--cfg-scales", f"1.0,{best}",
+                     "--num-inference-steps", 8, "--top-k", TOP_K, "--output-dir", outpaint_dir, "--device", "cpu",
+                     "--paste-known", PASTE_FEATHER], logs)
 
     # ---- results: pictures, metrics.json, summary ------------------------------------------------------
     extractor = build_toy_extractor(classifier)
@@ -277,10 +286,9 @@ def main(argv=None):
     labelled_rows(rows, [names[str(c)] for c in range(NUM_CLASSES)]).save(os.path.join(results, "samples_per_class.png"))
     step_rows = [image_grid(x, cols=len(x), pad=0) for x in (load_npz(step_npz[s])[:10] for s in STEP_COUNTS)]
     labelled_rows(step_rows, [f"{s} steps" for s in STEP_COUNTS]).save(os.path.join(results, "steps_comparison.png"))
-    comparison = glob.glob(os.path.join(inpaint_dir, "*comparison.png"))
-    if comparison:  # enlarged: the strip of 32-pixel images is tiny
-        strip = np.asarray(Image.open(comparison[0]).convert("RGB"))
-        Image.fromarray(np.kron(strip, np.ones((4, 4, 1), np.uint8))).save(os.path.join(results, "inpainting.png"))
+    shutil.copyfile(os.path.join(inpaint_dir, "input_inpaint_comparison.png"), os.path.join(results, "inpainting.png"))
+    shutil.copyfile(os.path.join(outpaint_dir, "input_outpaint_comparison.png"),
+                    os.path.join(results, "outpainting.png"))
     curve = training_curve_png(os.path.join(exp_dir, "log.txt"), os.path.join(results, "training_curves.png"))
     metrics["training_loss"] = {"first": curve[0][1], "last": curve[-1][1]} if curve else None
     write_json(metrics, os.path.join(results, "metrics.json"))

@@ -87,6 +87,9 @@ def add_editing_args(p: argparse.ArgumentParser, default_output_dir: str):
                         "the same images")
     p.add_argument("--batch-size", type=int, default=8, help="samples per forward batch (does not change them)")
     p.add_argument("--output-dir", default=default_output_dir)
+    p.add_argument("--paste-known", type=int, default=None, metavar="WIDTH",
+                   help="paste the input's pixels back over the completions outside the generated cells, blended "
+                        "into them over WIDTH pixels (0: a hard edge); default: the decoded tokens as they are")
 
 
 def add_extrapolation_args(p: argparse.ArgumentParser):
@@ -163,6 +166,8 @@ def editing_from_flags(args):
     """tools/inpaint.py and tools/outpaint.py: (model, tokenizer, device, Completions) from add_editing_args'
     flags, checked before the image is read."""
     check_at_least_one(num_samples=args.num_samples, batch_size=args.batch_size)
+    if args.paste_known is not None and args.paste_known < 0:
+        raise ValueError(f"--paste-known {args.paste_known}: the feather width is in pixels, 0 or more")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     completions = Completions(args.class_id, args.num_samples, args.seed, args.batch_size,
                               parse_pair(args.cfg_scales, "--cfg-scales"), args.num_inference_steps,
