@@ -15,9 +15,10 @@ output exists (--force reruns everything):
  7. steps       sample_c2i.py at 64 steps (one token per step), 22 and 8 (parallel decoding), best CFG
  8. inpaint     tools/inpaint.py on a held-out image with its centre masked (also pasted back: --paste-known)
  9. outpaint    tools/outpaint.py on the same image: its centre kept, the rest generated
+10. visualize   tools/visualize_generation.py: three images being decoded, 8 parallel steps and one token per step
 
 Outputs in <out>/results: samples_per_class.png, steps_comparison.png, inpainting.png, outpainting.png,
-training_curves.png, metrics.json, and the summary table printed at the end.
+generation.gif and generation_strip.png, training_curves.png, metrics.json, and the summary table printed at the end.
 """
 import argparse
 import glob
@@ -250,6 +251,10 @@ def main(argv=None):
                      "--region-size", 0.5, "--num-samples", 4, "--cfg-scales", f"1.0,{best}",
                      "--num-inference-steps", 8, "--top-k", TOP_K, "--output-dir", outpaint_dir, "--device", "cpu",
                      "--paste-known", PASTE_FEATHER], logs)
+    # 10: random order at work: three images decoded step by step, in 8 parallel steps and one token per step
+    run("visualize", ["tools/visualize_generation.py", "--config", MODEL_CONFIG, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
+                      "--cfg-scales", f"1.0,{best}", "--num-inference-steps", 8, "--top-k", TOP_K,
+                      "--seed", args.seed, "--device", "cpu", "--output-dir", results], logs)
 
     # ---- results: pictures, metrics.json, summary ------------------------------------------------------
     extractor = build_toy_extractor(classifier)
