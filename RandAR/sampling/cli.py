@@ -31,9 +31,8 @@ def add_model_args(p: argparse.ArgumentParser):
     p.add_argument("--gpt-ckpt", required=True, help="RandAR weights (.safetensors, or a torch file)")
     p.add_argument("--vq-ckpt", default=None, help="tokenizer weights (default: the config's vq_ckpt)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default=None,
-                   help="RandAR weights' dtype (default: bf16 on CUDA and on CPUs with native bfloat16, none = float32 "
-                        "on other CPUs); the tokenizer "
-                        "always decodes in float32")
+                   help="RandAR weights' dtype (default: bf16 on CUDA and on CPUs with native bfloat16, none = "
+                        "float32 on other CPUs); the tokenizer always decodes in float32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (CUDA graphs on CUDA): same images up to float round-off; "
                         "pays off on CUDA for runs of many batches, after about a minute of compilation")
