@@ -13,6 +13,7 @@ from PIL import Image
 from RandAR.toy.classifier import load_classifier
 from RandAR.utils.config import load_config
 from RandAR.sampling.folder import class_labels
+from RandAR.utils.precision import default_precision, describe_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +44,9 @@ def test_quickstart_quick_run(tmp_path):
     results = out / "results"
     metrics = json.load(open(results / "metrics.json"))
     assert set(metrics["cfg_search"]) == {"1.0", "2.0"} and set(metrics["steps"]) == {"64", "22", "8"}
+    # The precision follows the CPU's capabilities (this machine's, as RandAR.utils.precision reads them).
+    assert metrics["cpu"] == describe_cpu() and metrics["cpu"] in r.stdout
+    assert metrics["precision"] == {"bf16": "bf16", "none": "fp32"}[default_precision("cpu")]
     search = json.load(open(out / "search.json"))
     assert metrics["best_cfg_scale"] == min((1.0, 2.0), key=lambda s: search["search"][str(s)]["fid"])
     # Class accuracy and FID recomputed from the packed samples with the bare classifier: argmax of its logits
@@ -58,7 +62,8 @@ def test_quickstart_quick_run(tmp_path):
             predicted = classifier(_model_input(images)).argmax(1).numpy()
         assert m["class_accuracy"] == pytest.approx(np.mean(predicted == labels))
         assert m["fid"] == pytest.approx(_closed_form_fid(_toy_pool(classifier, images), ref_pool), rel=1e-3)
-    for name in ("samples_per_class.png", "steps_comparison.png", "inpainting.png", "training_curves.png"):
+    for name in ("samples_per_class.png", "steps_comparison.png", "inpainting.png", "outpainting.png",
+                 "generation_strip.png", "generation.gif", "training_curves.png"):
         assert Image.open(results / name).size[0] > 100, name
 
     # The sample packs hold exactly the requested counts of 32x32 RGB images.

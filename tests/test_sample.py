@@ -318,3 +318,38 @@ def test_run_names_are_stable():
                               spatial_masking_ratio=0.5, extrapolation_factor=2, ntk_boundary=2)
     assert folder.run_name("x", "c", extra) == ("x-c-size-512-512-cfg-3.0-3.0-steps-1024-fp32-extrap-2-ntk-2-scfg-2.5-2.5"
                                                 "-smask-0.5-seed-0")
+
+
+# ---------------------------------------------------------------- default precision from the CPU's capabilities
+
+@pytest.mark.parametrize("caps, expected", [
+    ({"avx2": True, "avx512_bf16": False, "amx_bf16": False}, "none"),  # AVX2-only x86: bf16 is emulated
+    ({"avx2": True, "avx512_bf16": True}, "bf16"),                      # AVX512-BF16
+    ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),                 # AMX
+    ({"architecture": "aarch64", "bf16": True}, "bf16"),                 # Arm BF16
+    ({"architecture": "aarch64", "bf16": False, "sve_bf16": False}, "none"),
+])
+def test_default_precision_follows_the_cpu_capabilities(monkeypatch, caps, expected):
+    """The CPU default is decided by the capabilities torch reports (never by a timing), --precision overrides
+    it, and CUDA is bf16 whatever the CPU."""
+    from RandAR.sampling.inputs import resolve_precision
+    from RandAR.utils import precision
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    monkeypatch.setattr(torch, "matmul", None)  # a timing would need a product: there must be none
+    assert precision.cpu_has_native_bf16() == (expected == "bf16")
+    assert resolve_precision(None, torch.device("cpu")) == expected
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+    assert resolve_precision(None, torch.device("cuda")) == "bf16"
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu sse avx2 fma", False), ("fpu avx2 avx512f avx512_bf16", True),
+                                             ("fpu avx2 amx_tile amx_bf16", True)])
+def test_cpu_bf16_from_proc_cpuinfo_without_torch_capabilities(monkeypatch, tmp_path, flags, expected):
+    """Older torch without torch.cpu.get_capabilities: the flags of /proc/cpuinfo decide."""
+    from RandAR.utils import precision
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    monkeypatch.setattr(precision, "CPUINFO", str(info))
+    assert precision.cpu_has_native_bf16() == expected
+    assert precision.default_precision("cpu") == ("bf16" if expected else "none")

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from RandAR.utils.atomic import atomic_open, atomic_path, is_temporary, write_json
-from RandAR.utils.images import image_grid, image_row
+from RandAR.utils.images import cells_to_pixels, feather_weights, image_grid, image_row, labelled_row, paste_known
 from RandAR.utils.seeding import Stream, seed_for, seeds_for
 
 M64 = (1 << 64) - 1
@@ -145,3 +145,38 @@ def test_every_launcher_makes_its_output_line_buffered_first(path):
     first = body[0]
     assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call), path
     assert getattr(first.value.func, "id", None) == "line_buffered_output", path
+
+
+def test_feather_weights_closed_form():
+    """A mask of one pixel in the middle of a 21x21 image: the weight at chessboard distance d is min(d, w) / w:
+    0 on the mask, 1 from w pixels on (far inside the known region), a monotone ramp between."""
+    mask = np.zeros((21, 21), bool)
+    mask[10, 10] = True
+    yy, xx = np.mgrid[:21, :21]
+    d = np.maximum(abs(yy - 10), abs(xx - 10))
+    for width in (1, 3, 6):
+        w = feather_weights(mask, width)
+        np.testing.assert_allclose(w, np.minimum(d, width) / width)
+        assert w[10, 10] == 0 and w[0, 0] == 1
+        assert np.all(np.diff(w[10, 10:]) >= 0) and np.all(np.diff(w[10, :11]) <= 0)
+    np.testing.assert_array_equal(feather_weights(mask, 0), (~mask).astype(float))  # hard edge
+    with pytest.raises(ValueError, match="feather width"):
+        feather_weights(mask, -1)
+
+
+def test_paste_known_blends_the_original_in_off_the_mask():
+    mask = cells_to_pixels(np.array([[True, False, False, False]]), 4)  # (4, 16): the first 4 columns generated
+    original = np.full((4, 16, 3), 200, np.uint8)
+    results = np.full((2, 4, 16, 3), 100, np.uint8)
+    out = paste_known(results, original, mask, 4)
+    assert out.shape == results.shape
+    np.testing.assert_array_equal(out[:, 0, :, 0], [[100, 100, 100, 100, 125, 150, 175] + [200] * 9] * 2)
+
+
+def test_labelled_row_enlarges_small_panels_and_captions_them():
+    panels = [np.full((8, 8, 3), 50, np.uint8), np.full((16, 16, 3), 90, np.uint8)]
+    row = labelled_row(panels, ["input", "two\nlines"], min_side=32, pad=4)
+    head = 12 * 2 + 4
+    assert row.shape == (head + 32 + 8, 4 + 16 + 4 + 32 + 4, 3)  # scale 2: the larger panel reaches 32
+    assert (row[head + 4:head + 20, 4:20] == 50).all() and (row[head + 4:head + 36, 24:56] == 90).all()
+    assert (row[:head] < 255).any()  # the captions are drawn

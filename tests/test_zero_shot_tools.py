@@ -58,11 +58,37 @@ def test_inpaint_tool(images, tmp_path):
     results = [read(tmp_path / f"in_inpaint_{i:03d}.png") for i in range(3)]
     assert all(r.shape == (8, 8, 3) for r in results)
     comparison = read(tmp_path / "in_inpaint_comparison.png")
-    assert comparison.shape == (8 + 8, 5 * 8 + 6 * 4, 3)  # input, mask, 3 samples, 4 px padding
+    # input, masked input, reconstruction, 3 samples enlarged 16x to 128 px, 4 px padding, two caption lines
+    assert comparison.shape == (28 + 128 + 8, 6 * 128 + 7 * 4, 3)
     # Same flags, same images; another seed, other images.
     inpaint.main(tool_flags(images, tmp_path / "again", "--image", str(images / "in.png"), "--mask",
                             str(images / "mask.png")))
     assert all(np.array_equal(r, read(tmp_path / "again" / f"in_inpaint_{i:03d}.png")) for i, r in enumerate(results))
+
+
+def test_inpaint_paste_known(images, tmp_path):
+    """--paste-known 0: the completions' pixels on the regenerated cells, the input's (centre crop) elsewhere; the
+    comparison shows the completions, then the pasted ones."""
+    from RandAR.applications.editing import known_from_pixel_mask
+    from RandAR.sampling.image_io import crop_image_and_mask, open_mask, open_rgb
+    from RandAR.utils.images import cells_to_pixels
+    inpaint = load_script("tools/inpaint.py")
+    flags = tool_flags(images, tmp_path, "--image", str(images / "in.png"), "--mask", str(images / "mask.png"))
+    inpaint.main(flags)
+    raw = [read(tmp_path / f"in_inpaint_{i:03d}.png") for i in range(3)]
+    inpaint.main(flags + ["--paste-known", "0"])
+    pasted = [read(tmp_path / f"in_inpaint_{i:03d}.png") for i in range(3)]
+    image = open_rgb(str(images / "in.png"))
+    crop, pixel_mask = crop_image_and_mask(image, open_mask(str(images / "mask.png"), image.size), 8)
+    grid = int(load_config(CONFIG).ar_model.params.block_size ** 0.5)
+    known = known_from_pixel_mask(torch.from_numpy(pixel_mask), 8 // grid).view(grid, grid).numpy()
+    generated = cells_to_pixels(~known, 8 // grid)
+    assert generated.any() and (~generated).any()
+    for r, p in zip(raw, pasted):
+        assert np.array_equal(p[generated], r[generated]) and np.array_equal(p[~generated], crop[~generated])
+    assert read(tmp_path / "in_inpaint_comparison.png").shape[1] == 9 * 128 + 10 * 4
+    with pytest.raises(SystemExit, match="--paste-known -1"):
+        inpaint.main(flags + ["--paste-known", "-1"])
 
 
 def test_inpaint_bad_inputs(images, tmp_path, capsys):
@@ -89,7 +115,7 @@ def test_outpaint_tool(images, tmp_path, factor, region):
                              "--extrapolation-factor", factor, "--num-inference-steps", "-1"))
     side = 8 * int(factor)
     assert all(read(tmp_path / f"in_outpaint_{i:03d}.png").shape == (side, side, 3) for i in range(3))
-    assert read(tmp_path / "in_outpaint_comparison.png").shape[0] == side + 8
+    assert read(tmp_path / "in_outpaint_comparison.png").shape[0] == 28 + 128 + 8  # captions, canvas enlarged to 128
 
 
 def test_resolution_extrapolation_tool(tmp_path):

@@ -8,11 +8,13 @@ The image is ADM-centre-cropped to the model's resolution (token grid x downsamp
 official models) and tokenised. The mask has the image's size; white (>= 128) = regenerate, black = keep. A
 token whose patch (downsample factor x downsample factor pixels) has no white pixel after the crop is known:
 the known tokens come first in the order and enter the KV cache in one forward pass, then the others are
-generated in random order with parallel decoding and CFG. Nothing is blended: the output is the decoded
-tokens (the kept region is the tokenizer's reconstruction of the input).
+generated in random order with parallel decoding and CFG. By default nothing is blended: the output is the
+decoded tokens (the kept region is the tokenizer's reconstruction of the input, as in the paper); --paste-known
+WIDTH pastes the input back outside the regenerated cells, feathered over WIDTH pixels.
 
-Writes <output-dir>/<image stem>_inpaint_{i:03d}.png per sample and <image stem>_inpaint_comparison.png
-(input, input with the regenerated cells in grey, the samples). Non-RGB images are converted to RGB.
+Writes <output-dir>/<image stem>_inpaint_{i:03d}.png per sample (pasted with --paste-known) and
+<image stem>_inpaint_comparison.png, captioned: input, input with the regenerated cells in grey, the tokenizer's
+reconstruction of the input, the samples (then the pasted ones). Non-RGB images are converted to RGB.
 """
 import argparse
 import os
@@ -29,6 +31,7 @@ from RandAR.sampling.image_io import (crop_image_and_mask, encode_image, grey_ou
                                       open_rgb, save_results)
 from RandAR.sampling.folder import image_seeds  # noqa: E402
 from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.images import cells_to_pixels, paste_known  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -64,8 +67,12 @@ def main(argv=None):
                                   known[None], size)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
+    regenerated = cells_to_pixels((~known).view(model.grid_size, -1).cpu().numpy(), patch)
+    pasted = None if args.paste_known is None else paste_known(results, crop, regenerated, args.paste_known)
+    panels = {"input": crop, "masked input": grey_out(crop, ~known, patch),
+              "tokenizer\nreconstruction": tokenizer.decode_codes_to_img(tokens, size)[0]}
     stem = os.path.splitext(os.path.basename(args.image))[0] + "_inpaint"
-    paths = save_results(results, [crop, grey_out(crop, ~known, patch)], args.output_dir, stem)
+    paths = save_results(results, panels, args.output_dir, stem, pasted)
     print("wrote " + ", ".join(paths), flush=True)
 
 

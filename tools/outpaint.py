@@ -12,10 +12,12 @@ the input in the centre (a square of side --region-size x the canvas), or on the
 --extrapolation-factor 2 keeps a 256 px input at its own scale in the middle of a 512 px canvas. The input is
 resized to cover the region and centre-cut (ADM centre crop for a square region), then tokenised; its tokens
 are known and come first in the order, the others are generated in random order with parallel decoding and
-CFG. Nothing is blended: the output is the decoded tokens.
+CFG. By default nothing is blended: the output is the decoded tokens (as in the paper); --paste-known WIDTH
+pastes the input back over its region, feathered over WIDTH pixels.
 
-Writes <output-dir>/<image stem>_outpaint_{i:03d}.png per sample and <image stem>_outpaint_comparison.png
-(the input as fitted to its region, the canvas with the cells to generate in grey, the samples). Non-RGB images are
+Writes <output-dir>/<image stem>_outpaint_{i:03d}.png per sample (pasted with --paste-known) and
+<image stem>_outpaint_comparison.png, captioned: the input as fitted to its region, the canvas with the cells to
+generate in grey, the tokenizer's reconstruction of the known cells, the samples (then the pasted ones). Non-RGB images are
 converted to RGB.
 """
 import argparse
@@ -34,6 +36,7 @@ from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_leas
 from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
 from RandAR.sampling.folder import image_seeds  # noqa: E402
 from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.images import cells_to_pixels, paste_known  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -79,8 +82,13 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     canvas = np.full((grid * patch, grid * patch, 3), GREY, dtype=np.uint8)
     canvas[top * patch:(top + h) * patch, left * patch:(left + w) * patch] = region
+    generated = cells_to_pixels((~known).view(grid, grid).cpu().numpy(), patch)
+    pasted = None if args.paste_known is None else paste_known(results, canvas, generated, args.paste_known)
+    recon = tokenizer.decode_codes_to_img(tokens, grid * patch)[0]
+    recon[generated] = GREY
+    panels = {"input": region, "masked input": canvas, "tokenizer\nreconstruction": recon}
     stem = os.path.splitext(os.path.basename(args.image))[0] + "_outpaint"
-    paths = save_results(results, [region, canvas], args.output_dir, stem)
+    paths = save_results(results, panels, args.output_dir, stem, pasted)
     print("wrote " + ", ".join(paths), flush=True)
 
 

@@ -13,10 +13,12 @@ output exists (--force reruns everything):
  5. train       train_c2i.py: a small RandAR (configs/randar/randar_toy.yaml)
  6. search      tools/search_cfg_weights.py --evaluator toy: CFG scales 1.0-4.0, then the best one on more samples
  7. steps       sample_c2i.py at 64 steps (one token per step), 22 and 8 (parallel decoding), best CFG
- 8. inpaint     tools/inpaint.py on a held-out image with its centre masked
+ 8. inpaint     tools/inpaint.py on a held-out image with its centre masked (also pasted back: --paste-known)
+ 9. outpaint    tools/outpaint.py on the same image: its centre kept, the rest generated
+10. visualize   tools/visualize_generation.py: three images being decoded, 8 parallel steps and one token per step
 
-Outputs in <out>/results: samples_per_class.png, steps_comparison.png, inpainting.png, training_curves.png,
-metrics.json, and the summary table printed at the end.
+Outputs in <out>/results: samples_per_class.png, steps_comparison.png, inpainting.png, outpainting.png,
+generation.gif and generation_strip.png, training_curves.png, metrics.json, and the summary table printed at the end.
 """
 import argparse
 import glob
@@ -40,6 +42,7 @@ from RandAR.toy.data import load_tar_arrays  # noqa: E402
 from RandAR.toy.classifier import build_toy_extractor  # noqa: E402
 from RandAR.utils.atomic import atomic_path, write_json  # noqa: E402
 from RandAR.utils.images import image_grid  # noqa: E402
+from RandAR.utils.precision import default_precision, describe_cpu  # noqa: E402
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
 from RandAR.utils.logger import line_buffered_output  # noqa: E402
 
@@ -51,6 +54,7 @@ EXP = "toy"
 # Sampling keeps the 4 likeliest of the 128 codes: for a model trained for minutes this lowers FID and what
 # parallel decoding costs in FID (README, "Quickstart results").
 TOP_K = 4
+PASTE_FEATHER = 2  # the inpainting and outpainting pictures also show the input pasted back, feathered over 2 px
 
 # Sizes of the full run and of --quick (the test suite's reduced run).
 # None: the configs' and tools' own defaults (what GETTING_STARTED.md's stage-by-stage commands run).
@@ -72,21 +76,6 @@ def check_stamp(out: str, settings: dict) -> None:
               fix="rerun with --force to start over there, or choose another --out")
     except StampMismatchError as e:
         sys.exit(f"quickstart: {e}")
-
-
-def cpu_bf16_is_faster() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices faster than float32 (AVX512-BF16, AMX, ARM BF16): then the
-    tokenizer and the RandAR model train under bf16 autocast, about 1.5x faster; elsewhere bf16 is emulated and
-    slower."""
-    timings = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(2048, 256, dtype=dtype), torch.randn(256, 512, dtype=dtype)
-        a @ b  # warm-up
-        start = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        timings[dtype] = time.perf_counter() - start
-    return timings[torch.bfloat16] < 0.75 * timings[torch.float32]
 
 
 def run(stage: str, argv, log_dir: str):
@@ -178,6 +167,9 @@ def main(argv=None):
     logs, results = os.path.join(out, "logs"), os.path.join(out, "results")
     os.makedirs(results, exist_ok=True)
     t0 = time.time()
+    # Training and sampling run in bf16 on CPUs with native bfloat16 (about 2x faster there), else in float32.
+    cpu, bf16 = describe_cpu(), default_precision("cpu") == "bf16"
+    print(f"CPU: {cpu}; training and sampling in {'bf16' if bf16 else 'float32'}", flush=True)
     data = os.path.join(out, "data")
     vq = os.path.join(out, "tokenizer", "vq.safetensors")
     classifier = os.path.join(out, "classifier.safetensors")
@@ -195,9 +187,6 @@ def main(argv=None):
         run("data", ["tools/make_toy_dataset.py", "--out", data, "--num-train-per-class", size["train_per_class"],
                      "--num-val-per-class", size["val_per_class"], "--seed", args.seed, "--image-size", IMAGE_SIZE],
             logs)
-    bf16 = cpu_bf16_is_faster()
-    print(f"training precision: {'bf16 autocast' if bf16 else 'float32'} "
-          f"(bf16 {'is' if bf16 else 'is not'} faster on this CPU)")
     if not os.path.isfile(vq):
         run("tokenizer", ["tools/train_tokenizer.py", "--config", TOKENIZER_CONFIG, "--data-path", data,
                           "--results-dir", os.path.dirname(vq), "--image-size", IMAGE_SIZE, f"train.bf16={bf16}"]
@@ -256,7 +245,18 @@ def main(argv=None):
     run("inpaint", ["tools/inpaint.py", "--config", MODEL_CONFIG, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
                     "--image", image_path, "--mask", mask_path, "--class-id", int(val_labels[0]),
                     "--num-samples", 4, "--cfg-scales", f"1.0,{best}", "--num-inference-steps", 8, "--top-k", TOP_K,
-                    "--output-dir", inpaint_dir, "--device", "cpu"], logs)
+                    "--output-dir", inpaint_dir, "--device", "cpu", "--paste-known", PASTE_FEATHER], logs)
+    # 9: outpainting the same image: its centre 16x16 kept, the rest of the 32x32 canvas generated
+    outpaint_dir = os.path.join(out, "outpaint")
+    run("outpaint", ["tools/outpaint.py", "--config", MODEL_CONFIG, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
+                     "--image", image_path, "--class-id", int(val_labels[0]), "--region", "center",
+                     "--region-size", 0.5, "--num-samples", 4, "--cfg-scales", f"1.0,{best}",
+                     "--num-inference-steps", 8, "--top-k", TOP_K, "--output-dir", outpaint_dir, "--device", "cpu",
+                     "--paste-known", PASTE_FEATHER], logs)
+    # 10: random order at work: three images decoded step by step, in 8 parallel steps and one token per step
+    run("visualize", ["tools/visualize_generation.py", "--config", MODEL_CONFIG, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
+                      "--cfg-scales", f"1.0,{best}", "--num-inference-steps", 8, "--top-k", TOP_K,
+                      "--seed", args.seed, "--device", "cpu", "--output-dir", results], logs)
 
     # ---- results: pictures, metrics.json, summary ------------------------------------------------------
     extractor = build_toy_extractor(classifier)
@@ -280,6 +280,8 @@ def main(argv=None):
     metrics["cfg_gain_in_class_accuracy"] = None if no_cfg is None else metrics["final"]["class_accuracy"] - no_cfg
     metrics["wall_time_s"] = time.time() - t0
     metrics["cpu_threads"] = threads
+    metrics["cpu"] = cpu
+    metrics["precision"] = "bf16" if bf16 else "fp32"
 
     final_images = load_npz(search["final"]["sample_npz"])
     final_labels = np.array(class_labels(range(len(final_images)), NUM_CLASSES, args.seed))
@@ -291,10 +293,9 @@ def main(argv=None):
     labelled_rows(rows, [names[str(c)] for c in range(NUM_CLASSES)]).save(os.path.join(results, "samples_per_class.png"))
     step_rows = [image_grid(x, cols=len(x), pad=0) for x in (load_npz(step_npz[s])[:10] for s in STEP_COUNTS)]
     labelled_rows(step_rows, [f"{s} steps" for s in STEP_COUNTS]).save(os.path.join(results, "steps_comparison.png"))
-    comparison = glob.glob(os.path.join(inpaint_dir, "*comparison.png"))
-    if comparison:  # enlarged: the strip of 32-pixel images is tiny
-        strip = np.asarray(Image.open(comparison[0]).convert("RGB"))
-        Image.fromarray(np.kron(strip, np.ones((4, 4, 1), np.uint8))).save(os.path.join(results, "inpainting.png"))
+    shutil.copyfile(os.path.join(inpaint_dir, "input_inpaint_comparison.png"), os.path.join(results, "inpainting.png"))
+    shutil.copyfile(os.path.join(outpaint_dir, "input_outpaint_comparison.png"),
+                    os.path.join(results, "outpainting.png"))
     curve = training_curve_png(os.path.join(exp_dir, "log.txt"), os.path.join(results, "training_curves.png"))
     metrics["training_loss"] = {"first": curve[0][1], "last": curve[-1][1]} if curve else None
     write_json(metrics, os.path.join(results, "metrics.json"))

@@ -9,7 +9,7 @@ Conventions:
   regenerated when any pixel of its patch is (even partly) white after the crop.
 """
 import os
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from PIL import Image
 
 from RandAR.dataset.augmentation import center_crop_arr, to_tokenizer_input
 from RandAR.utils.atomic import atomic_path
-from RandAR.utils.images import image_row
+from RandAR.utils.images import cells_to_pixels, labelled_row
 
 MASK_THRESHOLD = 128
 GREY = 128  # how regenerated cells are shown in the comparison panels
@@ -79,8 +79,7 @@ def encode_image(tokenizer, image: np.ndarray, device) -> torch.Tensor:
 def grey_out(image: np.ndarray, regenerate: torch.Tensor, patch: int) -> np.ndarray:
     """A copy of uint8 (H, W, 3) with the patches of the cells to regenerate ((h*w,) bool, raster) in grey."""
     h, w = image.shape[0] // patch, image.shape[1] // patch
-    cells = regenerate.view(h, w).cpu().numpy()
-    pixels = np.repeat(np.repeat(cells, patch, axis=0), patch, axis=1)
+    pixels = cells_to_pixels(regenerate.view(h, w).cpu().numpy(), patch)
     out = image.copy()
     out[pixels] = GREY
     return out
@@ -93,9 +92,16 @@ def save_png(image: np.ndarray, path: str) -> str:
     return path
 
 
-def save_results(results: np.ndarray, panels: List[np.ndarray], out_dir: str, stem: str) -> List[str]:
-    """results uint8 (S, H, W, 3) -> <out_dir>/<stem>_{i:03d}.png each, and <stem>_comparison.png: the given
-    panels (input, mask) then every result. Returns the paths written."""
-    paths = [save_png(r, os.path.join(out_dir, f"{stem}_{i:03d}.png")) for i, r in enumerate(results)]
-    paths.append(save_png(image_row(list(panels) + list(results)), os.path.join(out_dir, f"{stem}_comparison.png")))
+def save_results(results: np.ndarray, panels: Dict[str, np.ndarray], out_dir: str, stem: str,
+                 pasted: Optional[np.ndarray] = None) -> List[str]:
+    """results uint8 (S, H, W, 3) -> <out_dir>/<stem>_{i:03d}.png each (`pasted`'s images instead when given:
+    the completions with the input pasted back, RandAR.utils.images.paste_known), and <stem>_comparison.png: the
+    panels under their names (input, masked input, tokenizer reconstruction), every completion, then every pasted
+    one. Returns the paths written."""
+    saved = results if pasted is None else pasted
+    paths = [save_png(r, os.path.join(out_dir, f"{stem}_{i:03d}.png")) for i, r in enumerate(saved)]
+    images = list(panels.values()) + list(results) + ([] if pasted is None else list(pasted))
+    labels = (list(panels) + [f"completion {i}" for i in range(len(results))]
+              + ([] if pasted is None else [f"completion {i}\ninput pasted" for i in range(len(pasted))]))
+    paths.append(save_png(labelled_row(images, labels), os.path.join(out_dir, f"{stem}_comparison.png")))
     return paths

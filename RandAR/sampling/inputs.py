@@ -25,6 +25,7 @@ from RandAR.utils.checkpoint import CheckpointMismatchError, export_config
 from RandAR.utils.config import load_config, to_plain
 from RandAR.utils.distributed import allow_tf32
 from RandAR.utils.hub import resolve_checkpoint
+from RandAR.utils.precision import default_precision
 from RandAR.utils.run_stamp import differences_text, file_fingerprint
 
 PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,8 +46,8 @@ def add_model_args(p: argparse.ArgumentParser):
     p.add_argument("--gpt-ckpt", required=True, help="RandAR weights (.safetensors, or a torch file)")
     p.add_argument("--vq-ckpt", default=None, help="tokenizer weights (default: the config's vq_ckpt)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default=None,
-                   help="RandAR weights' dtype (default: bf16 on CUDA, none = float32 on CPU); the tokenizer "
-                        "always decodes in float32")
+                   help="RandAR weights' dtype (default: bf16 on CUDA and on CPUs with native bfloat16, none = "
+                        "float32 on other CPUs); the tokenizer always decodes in float32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (CUDA graphs on CUDA): same images up to float round-off; "
                         "pays off on CUDA for runs of many batches, after about a minute of compilation")
@@ -100,6 +101,17 @@ def add_editing_args(p: argparse.ArgumentParser, default_output_dir: str):
                         "the same images")
     p.add_argument("--batch-size", type=int, default=8, help="samples per forward batch (does not change them)")
     p.add_argument("--output-dir", default=default_output_dir)
+    p.add_argument("--paste-known", type=feather_width, default=None, metavar="WIDTH",
+                   help="paste the input's pixels back over the completions outside the generated cells, blended "
+                        "into them over WIDTH pixels (0: a hard edge); default: the decoded tokens as they are")
+
+
+def feather_width(text: str) -> int:
+    """--paste-known's value: a width in pixels, 0 or more."""
+    width = int(text)
+    if width < 0:
+        raise argparse.ArgumentTypeError(f"{text}: the feather width is in pixels, 0 or more")
+    return width
 
 
 def add_extrapolation_args(p: argparse.ArgumentParser):
@@ -141,7 +153,8 @@ def decode_config(args, cfg_scales: Optional[Tuple[float, float]] = None) -> Dec
 
 
 def resolve_precision(precision: Optional[str], device: torch.device) -> str:
-    return precision or ("bf16" if device.type == "cuda" else "none")
+    """--precision, or by default bf16 on CUDA and on CPUs with native bfloat16, else none (float32)."""
+    return precision or default_precision(device)
 
 
 def resolve_config_path(path: str) -> str:
