@@ -29,7 +29,7 @@ from RandAR.sampling.folder import (PACK_TIMEOUT, batches, claim_run_folder, cla
                                     my_missing_indices, png_name, run_name, save_debug_grid)
 from RandAR.sampling.image_io import save_png
 from RandAR.utils.distributed import barrier, cleanup, create_npz_from_sample_folder, init_distributed
-from RandAR.utils.logger import line_buffered_output
+from RandAR.utils.progress import line_buffered_output
 
 
 def parse_args(argv=None):

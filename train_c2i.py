@@ -37,7 +37,8 @@ from RandAR.training.visualization import visualize
 from RandAR.utils.config import load_config, to_plain
 from RandAR.utils.config_schema import ConfigError
 from RandAR.utils.distributed import allow_tf32
-from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb, line_buffered_output
+from RandAR.utils.logger import MetricMeter, create_logger, format_metrics, init_wandb
+from RandAR.utils.progress import line_buffered_output
 from RandAR.utils.seeding import Stream, seed_for
 from RandAR.utils.versions import require_versions
 

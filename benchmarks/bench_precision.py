@@ -6,7 +6,7 @@
 Random weights (speed does not depend on them); one model, its bf16 copy, the same classes and orders for both.
 The two precisions are timed in alternating rounds in one process (best of --repeats each), so a change of the
 machine's load hits both. The sampling tools default to bf16 where the CPU has native bfloat16
-(RandAR/utils/precision.py): this measures what that choice gains there and what it would cost elsewhere.
+(RandAR/utils/distributed.py): this measures what that choice gains there and what it would cost elsewhere.
 """
 import argparse
 import copy
@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 from RandAR.model.builder import build_randar  # noqa: E402
 from RandAR.model.generate import DecodeConfig, generate  # noqa: E402
 from RandAR.utils.config import load_config  # noqa: E402
-from RandAR.utils.precision import default_precision, describe_cpu  # noqa: E402
+from RandAR.utils.distributed import default_precision, describe_cpu  # noqa: E402
 
 
 def seconds(model, cond, order, steps, cfg):

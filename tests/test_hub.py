@@ -1,4 +1,4 @@
-"""Released checkpoints by name (RandAR/utils/hub.py) against a local server speaking the Hugging Face download
+"""Released checkpoints by name (RandAR/utils/checkpoint.py) against a local server speaking the Hugging Face download
 routes (HEAD and GET of /{repo_id}/resolve/{revision}/{filename}, byte ranges), with HF_ENDPOINT pointed at it and
 the cache in a temporary folder: no network."""
 import hashlib
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from RandAR.model.tokenizers import build_tokenizer
-from RandAR.utils import hub
+from RandAR.utils import checkpoint as hub
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -13,7 +13,7 @@ from PIL import Image
 from RandAR.toy.classifier import load_classifier
 from RandAR.utils.config import load_config
 from RandAR.sampling.folder import class_labels
-from RandAR.utils.precision import default_precision, describe_cpu
+from RandAR.utils.distributed import default_precision, describe_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +44,7 @@ def test_quickstart_quick_run(tmp_path):
     results = out / "results"
     metrics = json.load(open(results / "metrics.json"))
     assert set(metrics["cfg_search"]) == {"1.0", "2.0"} and set(metrics["steps"]) == {"64", "22", "8"}
-    # The precision follows the CPU's capabilities (this machine's, as RandAR.utils.precision reads them).
+    # The precision follows the CPU's capabilities (this machine's, as RandAR.utils.distributed reads them).
     assert metrics["cpu"] == describe_cpu() and metrics["cpu"] in r.stdout
     assert metrics["precision"] == {"bf16": "bf16", "none": "fp32"}[default_precision("cpu")]
     search = json.load(open(out / "search.json"))

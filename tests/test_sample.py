@@ -333,7 +333,7 @@ def test_default_precision_follows_the_cpu_capabilities(monkeypatch, caps, expec
     """The CPU default is decided by the capabilities torch reports (never by a timing), --precision overrides
     it, and CUDA is bf16 whatever the CPU."""
     from RandAR.sampling.inputs import resolve_precision
-    from RandAR.utils import precision
+    from RandAR.utils import distributed as precision
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     monkeypatch.setattr(torch, "matmul", None)  # a timing would need a product: there must be none
     assert precision.cpu_has_native_bf16() == (expected == "bf16")
@@ -346,7 +346,7 @@ def test_default_precision_follows_the_cpu_capabilities(monkeypatch, caps, expec
                                              ("fpu avx2 amx_tile amx_bf16", True)])
 def test_cpu_bf16_from_proc_cpuinfo_without_torch_capabilities(monkeypatch, tmp_path, flags, expected):
     """Older torch without torch.cpu.get_capabilities: the flags of /proc/cpuinfo decide."""
-    from RandAR.utils import precision
+    from RandAR.utils import distributed as precision
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     monkeypatch.delattr(torch.cpu, "get_capabilities")

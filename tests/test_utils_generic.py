@@ -93,7 +93,7 @@ LAUNCHERS = ["train_c2i.py", "sample_c2i.py"] + sorted(
 # prints two lines to stdout (a file), reports on the marker pipe that it has printed, then waits to be killed
 PRINT_THEN_WAIT = """import os, sys
 if sys.argv[1] == "line_buffered":
-    from RandAR.utils.logger import line_buffered_output
+    from RandAR.utils.progress import line_buffered_output
     line_buffered_output()
 print("step 1 | loss 4.1")
 print("step 2 | loss 3.9")

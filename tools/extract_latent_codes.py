@@ -30,12 +30,12 @@ from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.utils.atomic import atomic_open  # noqa: E402
 from RandAR.utils.checkpoint import CheckpointMismatchError  # noqa: E402
 from RandAR.utils.config import load_config  # noqa: E402
-from RandAR.utils.hub import resolve_checkpoint  # noqa: E402
+from RandAR.utils.checkpoint import resolve_checkpoint  # noqa: E402
 from RandAR.utils.distributed import (all_reduce_sum, allow_tf32, broadcast_object, cleanup,  # noqa: E402
                                       init_distributed, shard)
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 
 CODE_DTYPE = np.int64  # what the original script (and so the released archives) stored
 

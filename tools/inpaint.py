@@ -30,7 +30,7 @@ from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_leas
 from RandAR.sampling.image_io import (crop_image_and_mask, encode_image, grey_out, open_mask,  # noqa: E402
                                       open_rgb, save_results)
 from RandAR.sampling.folder import image_seeds  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 from RandAR.utils.images import cells_to_pixels, paste_known  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.toy.data import CLASS_NAMES, make_toy_dataset  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 
 
 def main(argv=None):

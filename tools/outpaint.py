@@ -35,7 +35,7 @@ from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_leas
                                     check_inputs, decode_config, load_models)
 from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
 from RandAR.sampling.folder import image_seeds  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 from RandAR.utils.images import cells_to_pixels, paste_known  # noqa: E402
 
 

@@ -31,7 +31,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +41,9 @@ from RandAR.toy.data import load_tar_arrays  # noqa: E402
 from RandAR.toy.classifier import build_toy_extractor  # noqa: E402
 from RandAR.utils.atomic import atomic_path, write_json  # noqa: E402
 from RandAR.utils.images import image_grid  # noqa: E402
-from RandAR.utils.precision import default_precision, describe_cpu  # noqa: E402
+from RandAR.utils.distributed import default_precision, describe_cpu  # noqa: E402
 from RandAR.utils.run_stamp import StampMismatchError, claim, file_fingerprint  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 
 MODEL_CONFIG = "configs/randar/randar_toy.yaml"
 TOKENIZER_CONFIG = "configs/tokenization/toy_vq.yaml"

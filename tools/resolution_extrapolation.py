@@ -35,7 +35,7 @@ from RandAR.sampling.folder import (PACK_TIMEOUT, batches, claim_run_folder, cla
                                     my_missing_indices, png_name, run_name, save_debug_grid)
 from RandAR.sampling.image_io import save_png  # noqa: E402
 from RandAR.utils.distributed import barrier, cleanup, create_npz_from_sample_folder, init_distributed  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -53,7 +53,7 @@ from RandAR.utils.atomic import write_json  # noqa: E402
 from RandAR.utils.distributed import (barrier, broadcast_object, cleanup,  # noqa: E402
                                       create_npz_from_sample_folder, init_distributed)
 from RandAR.utils.run_stamp import StampMismatchError, differences_text, file_fingerprint, remove_outputs  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 
 # Ranks wait in a collective while rank 0 packs and evaluates (50k images with precision/recall: long).
 EVAL_TIMEOUT = timedelta(hours=6)

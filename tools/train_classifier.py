@@ -26,7 +26,7 @@ from RandAR.training.lr_schedule import get_scheduler  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
 from RandAR.utils.seeding import Stream, seed_for  # noqa: E402
 from RandAR.utils.versions import require_versions  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 
 JPEG_QUALITY_RANGE = (10, 40)  # of the degraded training copies
 

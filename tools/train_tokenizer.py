@@ -31,7 +31,7 @@ from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
 from RandAR.utils.config_schema import ConfigError  # noqa: E402
 from RandAR.utils.versions import require_versions  # noqa: E402
 from RandAR.utils.progress import progress  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 
 
 def parse_args(argv=None):

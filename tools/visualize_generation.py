@@ -35,7 +35,7 @@ from RandAR.sampling.inputs import (USER_ERRORS, add_decoding_args, add_model_ar
                                     check_inputs, decode_config, load_models)
 from RandAR.utils.atomic import atomic_path  # noqa: E402
 from RandAR.utils.images import cells_to_pixels, labelled_row  # noqa: E402
-from RandAR.utils.logger import line_buffered_output  # noqa: E402
+from RandAR.utils.progress import line_buffered_output  # noqa: E402
 
 
 def known_after_each_step(order: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 from RandAR.dataset.imagenet import ImageFolderDataset, ImageTarDataset
 from RandAR.utils.config import to_plain
-from RandAR.utils.targets import get_obj_from_str
+from RandAR.utils.config_schema import get_obj_from_str
 
 IMAGE_DATASETS = ("imagenet", "folder")
 

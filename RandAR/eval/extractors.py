@@ -23,6 +23,6 @@ def build_extractor(name: str, path: Optional[str] = None, backend: str = "tf"):
         from RandAR.toy.classifier import build_toy_extractor
         return build_toy_extractor(path)
     if "." in name:
-        from RandAR.utils.targets import get_obj_from_str
+        from RandAR.utils.config_schema import get_obj_from_str
         return get_obj_from_str(name)()
     raise ValueError(f"evaluator {name!r}: expected one of {EVALUATORS} or the dotted path of a class")

@@ -5,7 +5,7 @@ import torch
 
 from RandAR.utils.checkpoint import load_model_weights
 from RandAR.utils.config import instantiate_from_config
-from RandAR.utils.hub import resolve_checkpoint
+from RandAR.utils.checkpoint import resolve_checkpoint
 
 
 def build_randar(config, ckpt_path: Optional[str] = None, device="cpu", dtype: Optional[torch.dtype] = None):
@@ -13,7 +13,7 @@ def build_randar(config, ckpt_path: Optional[str] = None, device="cpu", dtype: O
     RandAR.utils.config (canonical). device "meta": shapes only, no memory.
 
     Loads `ckpt_path` (.safetensors, or a torch file holding a state dict or one under `model`; a released
-    checkpoint's file name fetches it, RandAR.utils.hub) with strict key/shape checking; a mismatch raises
+    checkpoint's file name fetches it, RandAR.utils.checkpoint) with strict key/shape checking; a mismatch raises
     CheckpointMismatchError naming the file and a fitting config.
     """
     section = config["ar_model"] if "ar_model" in config else config

@@ -24,8 +24,8 @@ from RandAR.sampling.folder import CLASS_SAMPLING
 from RandAR.utils.checkpoint import CheckpointMismatchError, export_config
 from RandAR.utils.config import load_config, to_plain
 from RandAR.utils.distributed import allow_tf32
-from RandAR.utils.hub import resolve_checkpoint
-from RandAR.utils.precision import default_precision
+from RandAR.utils.checkpoint import resolve_checkpoint
+from RandAR.utils.distributed import default_precision
 from RandAR.utils.run_stamp import differences_text, file_fingerprint
 
 PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

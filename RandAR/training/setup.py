@@ -10,7 +10,7 @@ from RandAR.training.lr_schedule import scheduler_from_config
 from RandAR.training.step import skip_rule
 from RandAR.utils.atomic import is_temporary
 from RandAR.utils.config_schema import ConfigError
-from RandAR.utils.hub import resolve_checkpoint
+from RandAR.utils.checkpoint import resolve_checkpoint
 
 
 class InputError(ValueError):

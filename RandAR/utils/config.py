@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from RandAR.utils.compat import canonical_config
 from RandAR.utils.config_schema import ConfigError, check_config
-from RandAR.utils.targets import get_obj_from_str
+from RandAR.utils.config_schema import get_obj_from_str
 
 
 def instantiate_from_config(config, **extra_params):

@@ -16,6 +16,7 @@ the official keys no code reads are dropped and old targets renamed where a conf
 """
 import dataclasses
 import difflib
+import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -23,7 +24,15 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from RandAR.utils.compat import TARGET_SECTIONS
-from RandAR.utils.targets import get_obj_from_str
+
+
+def get_obj_from_str(path: str):
+    """A config `target`, 'package.module.Name' (canonical by then: RandAR.utils.compat) -> the object it names."""
+    module, name = path.rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ImportError(f"cannot import '{path}' named by a config `target`: {e}") from e
 
 # The original training exported model weights it kept at these steps (RandAR-L/XL, 360k iterations).
 ORIGINAL_EXPORT_MILESTONES = [50000, 100000, 200000, 300000]

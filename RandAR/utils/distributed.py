@@ -4,7 +4,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -114,3 +114,48 @@ def allow_tf32():
     """TF32 matmuls and convolutions on Ampere and newer GPUs (as the original); no effect on CPU."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+# ---- the default precision, from what the machine does natively (never from a timing, which changes with load)
+# CUDA: bf16. CPU: bf16 where it multiplies bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, Arm BF16/SVE-BF16),
+# about 2x faster than float32 there; float32 elsewhere (e.g. AVX2-only CPUs: bfloat16 is emulated, ~2x slower).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")  # torch.cpu.get_capabilities() keys
+CPUINFO_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # /proc/cpuinfo "flags" (x86) / "Features" (Arm)
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_capabilities() -> Dict[str, object]:
+    """What torch detects on this CPU (torch.cpu.get_capabilities()); without it (older torch), the bf16 flags of
+    /proc/cpuinfo, and {} when neither is there."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        return dict(get())
+    if os.path.isfile(CPUINFO):
+        words = set()
+        for line in open(CPUINFO):
+            if line.startswith(("flags", "Features")):
+                words.update(line.split(":", 1)[1].split())
+        return {flag: flag in words for flag in CPUINFO_BF16_FLAGS}
+    return {}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic in hardware (AVX512-BF16, AMX-BF16, Arm BF16)."""
+    caps = cpu_capabilities()
+    return any(bool(caps.get(flag)) for flag in NATIVE_BF16_FLAGS)
+
+
+def default_precision(device) -> str:
+    """bf16 on CUDA and on CPUs with native bfloat16, else "none" (float32)."""
+    if torch.device(device).type == "cuda":
+        return "bf16"
+    return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "none"
+
+
+def describe_cpu() -> str:
+    """One line for logs: e.g. 'AMD EPYC, AVX2, no native bfloat16'."""
+    caps = cpu_capabilities()
+    name = caps.get("cpu_name") or caps.get("architecture") or "CPU"
+    native = [flag for flag in NATIVE_BF16_FLAGS if caps.get(flag)]
+    return (f"{name}, {torch.backends.cpu.get_cpu_capability()}, "
+            + (f"native bfloat16 ({', '.join(native)})" if native else "no native bfloat16"))

@@ -17,15 +17,6 @@ import torch
 from RandAR.utils.atomic import atomic_open
 
 
-def line_buffered_output() -> None:
-    """Write stdout and stderr through at every newline, also when they are files (a batch system's log), so
-    that the lines a process printed are in the log when it is killed (preemption, SIGKILL, out of memory).
-    Called first in the main of every launcher and tool."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):  # not when a caller replaced the stream with another object
-            stream.reconfigure(line_buffering=True)
-
-
 def create_logger(log_dir: Optional[str], rank: int = 0, name: str = "randar.train") -> logging.Logger:
     """log_dir given (main process): INFO and up to stdout and log_dir/log.txt (appended: a resumed run
     continues the same file). log_dir None (other ranks): WARNING and up to stderr, tagged with the rank."""

@@ -14,6 +14,15 @@ from tqdm import tqdm
 LOG_INTERVAL_S = 30.0
 
 
+def line_buffered_output() -> None:
+    """Write stdout and stderr through at every newline, also when they are files (a batch system's log), so
+    that the lines a process printed are in the log when it is killed (preemption, SIGKILL, out of memory).
+    Called first in the main of every launcher and tool."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # not when a caller replaced the stream with another object
+            stream.reconfigure(line_buffering=True)
+
+
 def progress(iterable=None, **kwargs) -> tqdm:
     """tqdm(iterable, **kwargs), throttled to one line per LOG_INTERVAL_S when its stream is not a terminal."""
     stream = kwargs.get("file") or sys.stderr

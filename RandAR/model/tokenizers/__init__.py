@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from RandAR.utils.checkpoint import load_model_weights
 from RandAR.utils.config import instantiate_from_config
-from RandAR.utils.hub import resolve_checkpoint
+from RandAR.utils.checkpoint import resolve_checkpoint
 
 
 def build_tokenizer(cfg, ckpt_path: Optional[str] = None, device="cpu") -> torch.nn.Module:
