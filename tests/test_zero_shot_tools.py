@@ -66,7 +66,7 @@ def test_inpaint_tool(images, tmp_path):
     assert all(np.array_equal(r, read(tmp_path / "again" / f"in_inpaint_{i:03d}.png")) for i, r in enumerate(results))
 
 
-def test_inpaint_paste_known(images, tmp_path):
+def test_inpaint_paste_known(images, tmp_path, capsys):
     """--paste-known 0: the completions' pixels on the regenerated cells, the input's (centre crop) elsewhere; the
     comparison shows the completions, then the pasted ones."""
     from RandAR.applications.editing import known_from_pixel_mask
@@ -87,8 +87,9 @@ def test_inpaint_paste_known(images, tmp_path):
     for r, p in zip(raw, pasted):
         assert np.array_equal(p[generated], r[generated]) and np.array_equal(p[~generated], crop[~generated])
     assert read(tmp_path / "in_inpaint_comparison.png").shape[1] == 9 * 128 + 10 * 4
-    with pytest.raises(SystemExit, match="--paste-known -1"):
+    with pytest.raises(SystemExit) as exit_info:  # refused where the flag is parsed
         inpaint.main(flags + ["--paste-known", "-1"])
+    assert exit_info.value.code == 2 and "--paste-known: -1: the feather width" in capsys.readouterr().err
 
 
 def test_inpaint_bad_inputs(images, tmp_path, capsys):
