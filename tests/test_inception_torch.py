@@ -412,11 +412,16 @@ def test_torch_backend_runs_without_tensorflow(inception):
 
 
 def test_search_passes_the_eval_backend_through(inception):
+    # search_cfg_weights.main builds its extractor with build_extractor(args.evaluator, args.evaluator_path,
+    # backend=args.eval_backend); the flags it parses must give the backend asked for.
     from helpers import load_script
     from RandAR.eval.inception_torch import InceptionV3Torch
     search = load_script("tools/search_cfg_weights.py")
     path, ref, _ = inception
     base = ["--config", "c.yaml", "--exp-name", "e", "--gpt-ckpt", "g", "--ref-path", ref, "--evaluator-path", path]
-    assert isinstance(search.check_and_build_extractor(search.parse_args(base + ["--eval-backend", "torch"])),
-                      InceptionV3Torch)
-    assert isinstance(search.check_and_build_extractor(search.parse_args(base)), fid.InceptionV3TF)  # the default
+
+    def extractor(argv):
+        args = search.parse_args(argv)
+        return search.build_extractor(args.evaluator, args.evaluator_path, backend=args.eval_backend)
+    assert isinstance(extractor(base + ["--eval-backend", "torch"]), InceptionV3Torch)
+    assert isinstance(extractor(base), fid.InceptionV3TF)  # the default
