@@ -2,6 +2,10 @@
 
     python tools/quickstart.py                 # or: make demo
     python tools/quickstart.py --quick         # a reduced run (the test suite's), about two minutes
+    python tools/quickstart.py --seeds 0,1,2   # the whole chain per seed in <out>/seed_<s>, then mean and range
+
+--seed seeds every stage: the dataset draw, the tokenizer's and the classifier's training, RandAR's training
+(train_c2i.py --global-seed) and sampling. Seed 0 is what the configs' defaults give.
 
 Each stage runs the project's real scripts, exactly as documented in GETTING_STARTED.md, and is skipped when its
 output exists (--force reruns everything):
@@ -19,6 +23,7 @@ output exists (--force reruns everything):
 
 Outputs in <out>/results: samples_per_class.png, steps_comparison.png, inpainting.png, outpainting.png,
 generation.gif and generation_strip.png, training_curves.png, metrics.json, and the summary table printed at the end.
+With --seeds, <out>/spread.json holds each figure's mean, minimum and maximum over the seeds.
 """
 import argparse
 import glob
@@ -147,6 +152,16 @@ def labelled_rows(rows, names, scale: int = 3) -> Image.Image:
     return out
 
 
+def seed_list(text: str) -> list:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds repeat in {text!r}")
+    return seeds
+
+
 def main(argv=None):
     line_buffered_output()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,14 +169,59 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="a reduced run that checks the chain, not the quality")
     p.add_argument("--force", action="store_true", help="rerun every stage, even those whose outputs exist")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="run the chain once per seed, in <out>/seed_<s>, and report each figure's mean and range")
     args = p.parse_args(argv)
-    size = dict(QUICK if args.quick else FULL)
+    out = os.path.abspath(os.path.join(ROOT, args.out))
+    if args.seeds is None:
+        return quickstart(out, args.seed, args.quick, args.force)
+    runs = {seed: quickstart(os.path.join(out, f"seed_{seed}"), seed, args.quick, args.force) for seed in args.seeds}
+    spread = seed_spread(runs)
+    write_json(spread, os.path.join(out, "spread.json"))
+    print(f"\n=== RandAR quickstart over seeds {','.join(map(str, args.seeds))}: mean [min, max]")
+    for name, v in spread["figures"].items():
+        print(f"{name:34s} {v['mean']:8.3f}  [{v['min']:.3f}, {v['max']:.3f}]")
+    print(f"spread.json in {out}")
+    return spread
+
+
+def seed_figures(metrics: dict) -> dict:
+    """The figures of one run that the README's table reports."""
+    figures = {"best_cfg_scale": metrics["best_cfg_scale"], "final_fid": metrics["final"]["fid"],
+               "final_class_accuracy": metrics["final"]["class_accuracy"]}
+    if metrics["cfg_search"].get("1.0"):
+        figures["no_cfg_class_accuracy"] = metrics["cfg_search"]["1.0"]["class_accuracy"]
+    for steps, m in metrics["steps"].items():
+        figures[f"steps_{steps}_fid"] = m["fid"]
+        figures[f"steps_{steps}_class_accuracy"] = m["class_accuracy"]
+    figures["parallel_decoding_fid_change"] = metrics["parallel_decoding_fid_change"]
+    if metrics.get("training_loss"):
+        figures["final_training_loss"] = metrics["training_loss"]["last"]
+    figures["wall_time_min"] = metrics["wall_time_s"] / 60
+    return figures
+
+
+def seed_spread(runs: dict) -> dict:
+    """{seed: metrics} -> each figure's mean, min and max over the seeds (and the per-seed values)."""
+    per_seed = {str(seed): seed_figures(m) for seed, m in runs.items()}
+    names = [n for n in next(iter(per_seed.values())) if all(n in f for f in per_seed.values())]
+    figures = {}
+    for name in names:
+        values = [f[name] for f in per_seed.values()]
+        figures[name] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values)}
+    any_run = next(iter(runs.values()))
+    return {"seeds": [int(s) for s in per_seed], "figures": figures, "per_seed": per_seed,
+            "precision": any_run["precision"], "cpu": any_run["cpu"], "quick": any_run["quick"]}
+
+
+def quickstart(out: str, seed: int, quick: bool, force: bool) -> dict:
+    """The whole chain into `out` with one seed; returns metrics.json's contents."""
+    size = dict(QUICK if quick else FULL)
     from RandAR.utils.config import load_config
     gpt_iters = size["gpt_iters"] or int(load_config(os.path.join(ROOT, MODEL_CONFIG)).max_iters)
-    out = os.path.abspath(os.path.join(ROOT, args.out))
-    if args.force and os.path.isdir(out):
+    if force and os.path.isdir(out):
         shutil.rmtree(out)
-    check_stamp(out, {"quick": args.quick, "seed": args.seed, "top_k": TOP_K, "step_counts": list(STEP_COUNTS),
+    check_stamp(out, {"quick": quick, "seed": seed, "top_k": TOP_K, "step_counts": list(STEP_COUNTS),
                       **size})
     logs, results = os.path.join(out, "logs"), os.path.join(out, "results")
     os.makedirs(results, exist_ok=True)
@@ -184,15 +244,16 @@ def main(argv=None):
     # 1-3: the data, the tokenizer and the evaluator's classifier
     if not os.path.isfile(os.path.join(data, "val.tar")):
         run("data", ["tools/make_toy_dataset.py", "--out", data, "--num-train-per-class", size["train_per_class"],
-                     "--num-val-per-class", size["val_per_class"], "--seed", args.seed, "--image-size", IMAGE_SIZE],
+                     "--num-val-per-class", size["val_per_class"], "--seed", seed, "--image-size", IMAGE_SIZE],
             logs)
     if not os.path.isfile(vq):
         run("tokenizer", ["tools/train_tokenizer.py", "--config", TOKENIZER_CONFIG, "--data-path", data,
-                          "--results-dir", os.path.dirname(vq), "--image-size", IMAGE_SIZE, f"train.bf16={bf16}"]
+                          "--results-dir", os.path.dirname(vq), "--image-size", IMAGE_SIZE, f"train.bf16={bf16}",
+                          f"train.seed={seed}"]
             + ([f"train.iterations={size['vq_iters']}"] if size["vq_iters"] else []), logs)
     if not os.path.isfile(classifier):
         run("classifier", ["tools/train_classifier.py", "--data-path", data, "--out", classifier,
-                           "--image-size", IMAGE_SIZE, "--seed", args.seed]
+                           "--image-size", IMAGE_SIZE, "--seed", seed]
             + (["--iterations", size["cls_iters"]] if size["cls_iters"] else []), logs)
     if not os.path.isfile(ref):
         pack_val_reference(data, ref)
@@ -202,15 +263,16 @@ def main(argv=None):
                     "--vq-ckpt", vq, "--config", TOKENIZER_CONFIG, "--image-size", IMAGE_SIZE, "--aug-mode", "adm",
                     "--batch-size", 256, "--num-workers", 0], logs)  # resumable: instant when done
     if not os.path.isfile(gpt):
-        quick = [f"max_iters={gpt_iters}", f"ckpt_every={gpt_iters}", f"visualize_every={gpt_iters}",
+        short = [f"max_iters={gpt_iters}", f"ckpt_every={gpt_iters}", f"visualize_every={gpt_iters}",
                  "log_every=1"] if size["gpt_iters"] else []
         precision = "bf16" if bf16 else "no"
         run("train", ["train_c2i.py", "--config", MODEL_CONFIG, "--exp-name", EXP, "--data-path", codes,
                       "--vq-ckpt", vq, "--results-dir", train_dir, "--wandb-offline", "--num-workers", 0,
-                      f"accelerator.mixed_precision={precision}", *quick], logs)
+                      "--global-seed", seed,
+                      f"accelerator.mixed_precision={precision}", *short], logs)
 
     common = ["--config", MODEL_CONFIG, "--exp-name", EXP, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
-              "--per-proc-batch-size", size["batch"], "--global-seed", args.seed, "--sample-dir", samples,
+              "--per-proc-batch-size", size["batch"], "--global-seed", seed, "--sample-dir", samples,
               "--top-k", TOP_K]
     # 6: CFG search with the domain's evaluator (resumable: finished scales are kept in search.json)
     run("search", ["tools/search_cfg_weights.py", *common, "--cfg-scales-search", size["search_scales"],
@@ -255,16 +317,16 @@ def main(argv=None):
     # 10: random order at work: three images decoded step by step, in 8 parallel steps and one token per step
     run("visualize", ["tools/visualize_generation.py", "--config", MODEL_CONFIG, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
                       "--cfg-scales", f"1.0,{best}", "--num-inference-steps", 8, "--top-k", TOP_K,
-                      "--seed", args.seed, "--device", "cpu", "--output-dir", results], logs)
+                      "--seed", seed, "--device", "cpu", "--output-dir", results], logs)
 
     # ---- results: pictures, metrics.json, summary ------------------------------------------------------
     extractor = build_toy_extractor(classifier)
 
     def accuracy(npz):
         images = load_npz(npz)
-        return extractor.class_accuracy(images, class_labels(range(len(images)), NUM_CLASSES, args.seed))
+        return extractor.class_accuracy(images, class_labels(range(len(images)), NUM_CLASSES, seed))
 
-    metrics = {"cfg_search": {}, "steps": {}, "best_cfg_scale": best, "quick": args.quick}
+    metrics = {"cfg_search": {}, "steps": {}, "best_cfg_scale": best, "quick": quick}
     for scale, m in sorted(search["search"].items(), key=lambda kv: float(kv[0])):
         metrics["cfg_search"][scale] = {k: m[k] for k in ("fid", "inception_score", "precision", "recall")}
         metrics["cfg_search"][scale]["class_accuracy"] = accuracy(m["sample_npz"])
@@ -283,7 +345,7 @@ def main(argv=None):
     metrics["precision"] = "bf16" if bf16 else "fp32"
 
     final_images = load_npz(search["final"]["sample_npz"])
-    final_labels = np.array(class_labels(range(len(final_images)), NUM_CLASSES, args.seed))
+    final_labels = np.array(class_labels(range(len(final_images)), NUM_CLASSES, seed))
     per_class = min(8, min(int((final_labels == c).sum()) for c in range(NUM_CLASSES)))
     names = json.load(open(os.path.join(data, "classes.json")))
     blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
@@ -299,7 +361,7 @@ def main(argv=None):
     metrics["training_loss"] = {"first": curve[0][1], "last": curve[-1][1]} if curve else None
     write_json(metrics, os.path.join(results, "metrics.json"))
 
-    print("\n=== RandAR quickstart summary" + (" (--quick: checks the chain, not the quality)" if args.quick else ""))
+    print("\n=== RandAR quickstart summary" + (" (--quick: checks the chain, not the quality)" if quick else ""))
     print(f"{'setting':28s} {'FID':>8s} {'IS':>7s} {'class acc':>10s}")
     for scale, m in metrics["cfg_search"].items():
         print(f"{'cfg 1.0->' + scale + ', 22 steps':28s} {m['fid']:8.2f} {m['inception_score']:7.2f} "
