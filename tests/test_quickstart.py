@@ -103,3 +103,58 @@ def test_quickstart_refuses_to_mix_outputs_of_other_settings(tmp_path, monkeypat
     (older / "data").mkdir(parents=True)  # outputs from before stamps existed
     with pytest.raises(SystemExit, match="data exist without a record of what made them"):
         quickstart.check_stamp(str(older), {"quick": True, "seed": 0})
+
+
+def _fake_metrics(seed):
+    """metrics.json's shape with numbers that follow from the seed."""
+    return {"best_cfg_scale": 2.0 + seed, "quick": False, "precision": "bf16", "cpu": "test CPU",
+            "final": {"fid": 4.0 + seed, "class_accuracy": 0.9 + 0.01 * seed},
+            "cfg_search": {"1.0": {"class_accuracy": 0.8}, "2.0": {"class_accuracy": 0.85}},
+            "steps": {"64": {"fid": 5.0, "class_accuracy": 0.9}, "22": {"fid": 5.0 + seed, "class_accuracy": 0.91}},
+            "parallel_decoding_fid_change": seed / 5.0, "training_loss": {"first": 4.6, "last": 1.4 + seed},
+            "wall_time_s": 60.0 * (10 + seed)}
+
+
+def test_quickstart_seeds_run_the_chain_per_seed_and_report_mean_and_range(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import quickstart
+
+    calls = []
+
+    def chain(out, seed, quick, force):
+        calls.append((out, seed, quick, force))
+        return _fake_metrics(seed)
+    monkeypatch.setattr(quickstart, "quickstart", chain)
+    spread = quickstart.main(["--seeds", "0,1,5", "--out", str(tmp_path / "runs")])
+    assert calls == [(str(tmp_path / "runs" / f"seed_{s}"), s, False, False) for s in (0, 1, 5)]
+    with open(tmp_path / "runs" / "spread.json") as f:
+        assert json.load(f) == spread
+    fig = spread["figures"]
+    assert fig["final_fid"] == {"mean": 6.0, "min": 4.0, "max": 9.0}  # 4, 5, 9
+    assert fig["final_class_accuracy"]["mean"] == pytest.approx((0.9 + 0.91 + 0.95) / 3)
+    assert fig["steps_22_fid"]["max"] == 10.0 and fig["no_cfg_class_accuracy"]["min"] == 0.8
+    assert fig["wall_time_min"] == {"mean": 12.0, "min": 10.0, "max": 15.0}
+    assert spread["seeds"] == [0, 1, 5] and spread["precision"] == "bf16"
+    assert spread["per_seed"]["5"]["parallel_decoding_fid_change"] == 1.0
+
+
+@pytest.mark.parametrize("text", ["0,1,x", "1,1", ""])
+def test_quickstart_seeds_refuses_a_bad_list(text, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import quickstart
+
+    with pytest.raises(SystemExit) as e:
+        quickstart.main(["--seeds", text])
+    assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_bench_precision_times_both_precisions_on_the_toy_model(capsys):
+    """benchmarks/bench_precision.py on the quickstart's model, tiny: one ratio per batch size, printed with the
+    CPU's capability and the precision the sampling tools would default to here."""
+    from helpers import load_script
+    bench = load_script("benchmarks/bench_precision.py")
+    ratios = bench.main(["--batch-sizes", "1", "2", "--repeats", "1", "--num-inference-steps", "4"])
+    assert sorted(ratios) == [1, 2] and all(0 < r < float("inf") for r in ratios.values())
+    out = capsys.readouterr().out
+    assert describe_cpu() in out and f"default here: {default_precision('cpu')}" in out
+    assert out.count("bf16 speed / fp32 speed") == 2
