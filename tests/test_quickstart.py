@@ -83,6 +83,24 @@ def test_quickstart_quick_run(tmp_path):
     for stage in ("data:", "tokenizer:", "classifier:", "train:"):
         assert f"=== {stage} tools" not in r.stdout and f"=== {stage} train_c2i" not in r.stdout, stage
 
+    # benchmarks/quickstart_precision.py on this quickstart: the same samples in bf16 and in float32, each scored
+    # (FID recomputed here in closed form, class accuracy from the bare classifier).
+    from helpers import load_script
+    bench = load_script("benchmarks/quickstart_precision.py")
+    scored = bench.main(["--out", str(out), "--num-samples", "20", "--batch-size", "20", "--num-inference-steps", "8"])
+    assert set(scored) == {"bf16", "fp32"}
+    for name, m in scored.items():
+        (npz,) = (out / "precision_samples").glob(f"*-steps-8-{name}*.npz")
+        with np.load(npz) as f:
+            images = f["arr_0"]
+        assert images.shape == (20, 32, 32, 3)
+        with torch.no_grad():
+            predicted = classifier(_model_input(images)).argmax(1).numpy()
+        assert m["class_accuracy"] == pytest.approx(np.mean(predicted == np.array(class_labels(range(20), 10, 0))))
+        assert m["fid"] == pytest.approx(_closed_form_fid(_toy_pool(classifier, images), ref_pool), rel=1e-3)
+    with pytest.raises(SystemExit, match="no finished quickstart.*tools/quickstart.py"):
+        bench.main(["--out", str(tmp_path / "nothing")])
+
 
 def test_quickstart_refuses_to_mix_outputs_of_other_settings(tmp_path, monkeypatch):
     """A rerun reuses finished stages only when configs, dataset code and run settings are unchanged."""
