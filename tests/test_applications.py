@@ -13,7 +13,7 @@ import RandAR.applications.resolution_extrapolation as extrapolation
 from RandAR.applications.resolution_extrapolation import (extrapolation_rope, generate_resolution_extrapolation,
                                                           second_pass_schedule, spatial_cfg, spatial_context_keep)
 from RandAR.model.builder import build_randar
-from RandAR.model.generate import DecodeConfig
+from RandAR.model.generate import DecodeConfig, _generate
 from RandAR.model.rope import precompute_freqs_cis_2d, precompute_freqs_cis_2d_extrapolation
 from RandAR.utils.config import load_config
 
@@ -161,7 +161,7 @@ def test_extrapolation_matches_the_original(model, monkeypatch):
     def generate_keeping_logits(*args, **kw):  # our decoding loop, also returning the large-grid pass's logits
         if kw.get("known_tokens") is None:
             return real_generate(*args, **kw)
-        ids, second_pass["logits"] = real_generate(*args, return_logits=True, **kw)
+        ids, second_pass["logits"] = _generate(*args, return_logits=True, **kw)
         return ids
 
     monkeypatch.setattr(extrapolation, "generate", generate_keeping_logits)

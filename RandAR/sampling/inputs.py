@@ -39,7 +39,8 @@ USER_ERRORS = (FileNotFoundError, ValueError, CheckpointMismatchError)
 
 
 def add_model_args(p: argparse.ArgumentParser):
-    """Which weights, in which precision, and whether to compile the decode step."""
+    """Which weights, in which precision, and whether to compile the decode step (the tool then builds one
+    RandAR.model.generate.CompiledDecoder and passes it to every generate call)."""
     p.add_argument("--config", default=None,
                    help="RandAR config (configs/randar/*.yaml): ar_model and tokenizer (default: the config "
                         "training stored in --gpt-ckpt; when both are given they must agree)")
@@ -263,14 +264,11 @@ def sampling_settings(decode: DecodeConfig, **settings) -> Dict[str, Any]:
     return {**asdict(decode), **settings}
 
 
-def load_models(inputs: SamplingInputs, device: torch.device, precision: Optional[str] = None,
-                compile: bool = False):
-    """(RandAR model in eval mode in `precision`, tokenizer in float32), both strictly loaded. compile: the
-    model's default for generate's `compile` (the tools' --compile)."""
+def load_models(inputs: SamplingInputs, device: torch.device, precision: Optional[str] = None):
+    """(RandAR model in eval mode in `precision`, tokenizer in float32), both strictly loaded."""
     if device.type == "cuda":
         allow_tf32()  # as the original sampler
     dtype = PRECISIONS[resolve_precision(precision, device)]
     model = build_randar(inputs.config, inputs.gpt_ckpt, device=device, dtype=dtype).eval()
-    model.compile_decoding = compile
     tokenizer = build_tokenizer(inputs.config.tokenizer, inputs.vq_ckpt, device=device)
     return model, tokenizer
