@@ -111,7 +111,7 @@ def test_spatial_cfg_arithmetic():
     g = spatial_cfg(cond, 10, (3.0, 3.0), (1.0, 1.0), keep)  # plain class CFG
     assert [b.tolist() for b in g.branch_classes] == [[3, 7], [10, 10]] and g.known_token_keep is None
     torch.testing.assert_close(g.combine([c, u], 0.5), u + 3.0 * (c - u))
-    with pytest.raises(ValueError, match="masking ratio"):
+    with pytest.raises(AssertionError, match="masking ratio"):  # checked at --spatial-masking-ratio
         spatial_context_keep(torch.arange(4)[None], 1.5)
 
 
@@ -201,7 +201,7 @@ def test_every_token_is_decoded(model, steps):
 
 
 def test_extrapolation_rejects_bad_settings(model):
-    with pytest.raises(ValueError, match="whole number"):
+    with pytest.raises(AssertionError, match="whole number"):  # checked at --extrapolation-factor
         generate_resolution_extrapolation(model, torch.tensor([1]), extrapolation_factor=1.5)
     with pytest.raises(ValueError, match="ntk_boundary"):
         generate_resolution_extrapolation(model, torch.tensor([1]), ntk_boundary=9)

@@ -226,11 +226,20 @@ def test_grouped_query_attention_generates_and_matches_teacher_forcing():
 
 
 def test_cfg_without_null_class_is_a_clear_error():
+    """Checked once, where the tools' settings meet the model (check_for_model: the user's message); generate
+    only asserts it."""
+    from types import SimpleNamespace
+
+    from RandAR.sampling.inputs import check_for_model
     model = random_model(6, class_dropout_prob=0.0)
     assert model.cls_embedding.embedding_table.num_embeddings == 10
-    with pytest.raises(ValueError, match="null class"):
+    tokenizer = SimpleNamespace(downsample_factor=2)
+    with pytest.raises(ValueError, match="null class.*use --cfg-scales 1.0,1.0"):
+        check_for_model(model, tokenizer, DecodeConfig((1.0, 4.0)), None)
+    check_for_model(model, tokenizer, DecodeConfig((1.0, 1.0)), None)  # no guidance: fine
+    with pytest.raises(AssertionError, match="null class"):
         model.generate(torch.tensor([1]), cfg_scales=(1.0, 4.0))
-    model.generate(torch.tensor([1]), cfg_scales=(1.0, 1.0))  # no guidance: fine
+    model.generate(torch.tensor([1]), cfg_scales=(1.0, 1.0))
 
 
 def test_one_entry_point_with_a_guidance_object():
@@ -255,7 +264,7 @@ def test_one_entry_point_with_a_guidance_object():
     assert "RandAR.model.randar_gpt" not in imported
     no_null = random_model(6, class_dropout_prob=0.0)
     two = Guidance([cond, cond], lambda logits, fraction: logits[0])
-    with pytest.raises(ValueError, match="null class"):
+    with pytest.raises(AssertionError, match="null class"):
         generate_module.generate(no_null, cond, guidance=two)
 
 

@@ -46,8 +46,7 @@ def extrapolation_rope(model, extrapolation_factor: float = 2.0, ntk_boundary: i
 def spatial_context_keep(mask_perm: torch.Tensor, masking_ratio: float) -> torch.Tensor:
     """(B, K) 0/1 weights on the K known tokens: 0 on the int(K * masking_ratio) entries named first by each
     row of the permutation `mask_perm` (B, K) (their embeddings are zeroed in the spatial-CFG branch)."""
-    if not 0.0 <= masking_ratio <= 1.0:
-        raise ValueError(f"spatial masking ratio must be in [0, 1], got {masking_ratio}")
+    assert 0.0 <= masking_ratio <= 1.0, f"spatial masking ratio {masking_ratio} (checked at --spatial-masking-ratio)"
     B, K = mask_perm.shape
     keep = torch.ones(B, K)
     return keep.scatter_(1, mask_perm[:, :int(K * masking_ratio)], 0.0)
@@ -120,10 +119,9 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Op
     independent of the batch (the two passes use disjoint counters of the same seed); else `generator` / torch's
     RNG. decoder: generate's, for both passes (None: eager).
     """
+    # The low-resolution image sits on every f-th row and column (checked at --extrapolation-factor).
     factor = int(extrapolation_factor)
-    if factor != extrapolation_factor or factor < 2:
-        raise ValueError(f"resolution extrapolation places the low-resolution image on every f-th row and column, "
-                         f"so the factor must be a whole number >= 2; got {extrapolation_factor}")
+    assert factor == extrapolation_factor >= 2, f"extrapolation factor {extrapolation_factor}: not a whole number >= 2"
     rope = extrapolation_rope(model, factor, ntk_boundary)
     g = model.grid_size
     B, device = cond.shape[0], cond.device

@@ -106,13 +106,6 @@ def class_cfg(cond: torch.Tensor, cfg_scales: Sequence[float], null_class: int) 
     return Guidance([cond, torch.full_like(cond, null_class)], combine)
 
 
-def require_null_class(model, guided: bool, fix: str = "use cfg scales 1.0,1.0"):
-    """The one check that guidance has the null-class embedding row it needs."""
-    if guided and not model.cls_embedding.has_null_class:
-        raise ValueError(f"classifier-free guidance needs the null class, but this model was built with "
-                         f"class_dropout_prob=0 (no null-class embedding row): {fix}")
-
-
 # ---- the decoding loop ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DecodeConfig:
@@ -284,7 +277,9 @@ def _generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
             raise ValueError(f"known token ids must be in [0, {model.vocab_size - 1}]")
 
     guidance = class_cfg(cond, decode.cfg_scales, model.num_classes) if guidance is None else guidance
-    require_null_class(model, guidance.uses_null_class)
+    # Checked where the settings enter (RandAR.sampling.inputs.check_for_model): this is the caller's bug.
+    assert model.cls_embedding.has_null_class or not guidance.uses_null_class, \
+        "guidance needs the null class, which this model (class_dropout_prob=0) does not have"
     n_branch = len(guidance.branch_classes)
 
     # Everything the loop feeds, precomputed for the whole order: (nB, N, ...) with branches stacked.

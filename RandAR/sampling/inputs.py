@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from RandAR.model.builder import build_randar
-from RandAR.model.generate import DecodeConfig, default_steps, require_null_class
+from RandAR.model.generate import DecodeConfig, default_steps
 from RandAR.model.tokenizers import build_tokenizer
 from RandAR.sampling.folder import CLASS_SAMPLING
 from RandAR.utils.checkpoint import CheckpointMismatchError, export_config
@@ -249,7 +249,10 @@ def check_for_model(model, tokenizer, decode: DecodeConfig, image_size: Optional
                          f"{grid or model.grid_size} tokens into {native}px images (x{tokenizer.downsample_factor}); "
                          f"use --image-size-eval to save another size"
                          + ("" if grid else " (larger grids are resolution extrapolation)"))
-    require_null_class(model, decode.cfg_scales[-1] > 1.0 if guided is None else guided, fix)
+    guided = decode.cfg_scales[-1] > 1.0 if guided is None else guided
+    if guided and not model.cls_embedding.has_null_class:
+        raise ValueError(f"classifier-free guidance needs the null class, but this model was built with "
+                         f"class_dropout_prob=0 (no null-class embedding row): {fix}")
     return replace(decode, num_inference_steps=default_steps(model, decode.num_inference_steps)), native
 
 
