@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from RandAR.model.generate import generate
+from RandAR.model.generate import CompiledDecoder, generate
 from RandAR.model.orders import random_permutations
 from RandAR.sampling.inputs import (USER_ERRORS, add_decoding_args, add_model_args, add_run_args, check_at_least_one,
                                     check_for_model, check_inputs, ckpt_name, decode_config, load_models,
@@ -42,7 +42,7 @@ def parse_args(argv=None):
 
 
 @torch.no_grad()
-def sample_batch(model, tokenizer, indices, decode, args, size_eval):
+def sample_batch(model, tokenizer, indices, decode, args, size_eval, decoder=None):
     """Images `indices` -> uint8 (B, size_eval, size_eval, 3), each from its own label, seed and order."""
     device = model.tok_embeddings.weight.device
     labels = class_labels(indices, model.num_classes, args.global_seed, args.class_sampling)
@@ -51,7 +51,7 @@ def sample_batch(model, tokenizer, indices, decode, args, size_eval):
     if model.position_order != "raster":
         order = random_permutations(len(seeds), [model.block_size], seeds)[0].to(device)
     codes = generate(model, torch.tensor(labels, device=device), decode, token_order=order,
-                     seeds=torch.tensor(seeds, device=device))                       # (B, N) raster
+                     seeds=torch.tensor(seeds, device=device), decoder=decoder)      # (B, N) raster
     # The float image is resized before rounding, as the original's decode_codes_to_img(codes, size_eval).
     return tokenizer.decode_codes_to_img(codes, size_eval), labels
 
@@ -67,10 +67,11 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     dist = init_distributed(timeout=PACK_TIMEOUT)
     try:
-        model, tokenizer = load_models(inputs, dist.device, args.precision, args.compile)
+        model, tokenizer = load_models(inputs, dist.device, args.precision)
         decode, size = check_for_model(model, tokenizer, decode, args.image_size)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
+    decoder = CompiledDecoder(model) if args.compile else None  # compiled at its first call
     size_eval = args.image_size_eval or size
     settings = sampling_settings(decode, image_size=size, image_size_eval=size_eval,
                                  precision=resolve_precision(args.precision, dist.device),
@@ -80,7 +81,8 @@ def main(argv=None):
     if args.debug:  # a grid of the first batch, for a look before a long run
         if dist.is_main:
             start = time.time()
-            images, labels = sample_batch(model, tokenizer, range(args.per_proc_batch_size), decode, args, size_eval)
+            images, labels = sample_batch(model, tokenizer, range(args.per_proc_batch_size), decode, args, size_eval,
+                                          decoder)
             save_debug_grid(images, labels, f"{folder}-debug.png", time.time() - start)
         cleanup()
         return
@@ -90,7 +92,7 @@ def main(argv=None):
     start = time.time()
     for batch in batches(mine, total, args.per_proc_batch_size, dist, desc=f"cfg {decode.cfg_scales[0]}-"
                                                                            f"{decode.cfg_scales[1]}"):
-        images, _ = sample_batch(model, tokenizer, batch, decode, args, size_eval)
+        images, _ = sample_batch(model, tokenizer, batch, decode, args, size_eval, decoder)
         for index, image in zip(batch, images):
             save_png(image, os.path.join(folder, png_name(index)))
     barrier()

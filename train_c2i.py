@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from RandAR.dataset.builder import build_latent_dataset
 from RandAR.dataset.latent import check_codes_for_config
 from RandAR.model.builder import build_randar
-from RandAR.training.checkpoints import (CheckpointError, clear_temporaries, experiment_name, find_resume_state,
+from RandAR.training.checkpoint_folders import (CheckpointError, clear_temporaries, experiment_name, find_resume_state,
                                          load_state_or_stop)
 from RandAR.training.export import is_checkpoint_step, save_and_mirror
 from RandAR.training.lr_schedule import scheduler_from_config

@@ -29,7 +29,7 @@ import torch._dynamo
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import RandAR.model.generate as generate_module  # noqa: E402
+from RandAR.model.generate import CompiledDecoder  # noqa: E402
 from RandAR.model.builder import build_randar  # noqa: E402
 from RandAR.utils.config import load_config  # noqa: E402
 
@@ -49,13 +49,12 @@ def peak_memory_mib(device):
 
 class ForwardTimer:
     """Counts and times the transformer forward passes of one generation call: every method in `methods`
-    that the model has (decode_step) and every compiled decode step it holds is wrapped
-    for the duration."""
+    that the model has (decode_step) and the compiled step of `decoder` (a CompiledDecoder, or None) are
+    wrapped for the duration."""
 
-    def __init__(self, model, device, methods):
-        self.model, self.device = model, device
+    def __init__(self, model, device, methods, decoder=None):
+        self.model, self.device, self.decoder = model, device, decoder
         self.originals = {m: getattr(model, m) for m in methods if getattr(model, m, None) is not None}
-        self.compiled = dict(getattr(model, "_compiled_decode_steps", {}))
         self.calls, self.seconds = 0, 0.0
 
     def _timed(self, fn):
@@ -72,14 +71,16 @@ class ForwardTimer:
     def __enter__(self):
         for name, fn in self.originals.items():
             setattr(self.model, name, self._timed(fn))
-        for key, fn in self.compiled.items():
-            self.model._compiled_decode_steps[key] = self._timed(fn)
+        if self.decoder is not None:
+            self.compiled = self.decoder.step
+            self.decoder.step = self._timed(self.compiled)
         return self
 
     def __exit__(self, *exc):
         for name in self.originals:
             delattr(self.model, name)  # back to the class's method
-        self.model.__dict__.get("_compiled_decode_steps", {}).update(self.compiled)
+        if self.decoder is not None:
+            self.decoder.step = self.compiled
 
 
 def compiled_graphs() -> int:
@@ -105,7 +106,7 @@ def time_generate(model, cond, steps, cfg, device, methods, repeats, extra):
     times = []
     for _ in range(repeats):
         order = torch.rand(cond.shape[0], model.block_size, device=device).argsort(1)
-        with ForwardTimer(model, device, methods) as ft:
+        with ForwardTimer(model, device, methods, extra.get("decoder")) as ft:
             sync(device)
             t = time.perf_counter()
             model.generate(cond, token_order=order, cfg_scales=(cfg, cfg), num_inference_steps=steps,
@@ -128,14 +129,13 @@ def main():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--original-repo", default=None, help="a clone of github.com/ziqipang/RandAR to compare with")
     p.add_argument("--compile", action="store_true",
-                   help="also time our torch.compile'd decode step (generate(compile=True): CUDA graphs on CUDA)")
+                   help="also time our torch.compile'd decode step (a CompiledDecoder: CUDA graphs on CUDA)")
     p.add_argument("--compile-backend", default="inductor", help="aot_eager: gpu_check.sh's CPU dry run")
     p.add_argument("--warmup-only", action="store_true",
                    help="only compile and warm up (fills inductor's on-disk cache for a later timed run)")
     p.add_argument("--md", default=None, help="append the results as markdown tables to this file")
     p.add_argument("--override", nargs="*", default=[], help="config overrides, e.g. ar_model.params.n_layer=12")
     args = p.parse_args()
-    generate_module.COMPILE_BACKEND = args.compile_backend
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     original_cls = load_original_class(args.original_repo) if args.original_repo else None
@@ -152,7 +152,7 @@ def main():
         ours = ["decode_step"]
         impls = [] if args.warmup_only else [("ours", model, ours, {})]
         if args.compile:
-            impls.append(("compiled", model, ours, {"compile": True}))
+            impls.append(("compiled", model, ours, {"decoder": CompiledDecoder(model, backend=args.compile_backend)}))
         if original_cls is not None and not args.warmup_only:
             orig = original_cls(**cfg.ar_model.params).to(device=device, dtype=dtype).eval()
             orig.load_state_dict(model.state_dict(), strict=True)

@@ -5,7 +5,7 @@
     python benchmarks/gpu_correctness.py --check train      # one training step's loss and gradients vs CPU
 
 One line per check on stdout, the same as markdown table rows appended to --md; exit status 1 on a failure.
-fp32 runs with TF32 off. "compiled" is generate(compile=True) (CUDA graphs on CUDA) or torch.compile(model).
+fp32 runs with TF32 off. "compiled" is generate with a CompiledDecoder (CUDA graphs on CUDA) or torch.compile(model).
 --device cpu --compile-backend aot_eager is gpu_check.sh's dry run.
 """
 import argparse
@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 FIX = os.path.join(ROOT, "tests", "fixtures")
 
-import RandAR.model.generate as generate_module  # noqa: E402
+from RandAR.model.generate import CompiledDecoder, DecodeConfig, _generate  # noqa: E402
 from RandAR.model.randar_gpt import RandARTransformer  # noqa: E402
 from RandAR.utils.checkpoint import load_model_weights  # noqa: E402
 from RandAR.utils.compat import canonical_config  # noqa: E402
@@ -69,11 +69,12 @@ def check_generate(device, backend, report):
 
     def run(case, **kw):
         c = case["call"]
-        return model.generate(cond, token_order=order, cfg_scales=c["cfg_scales"],
-                              num_inference_steps=c["num_inference_steps"], temperature=c["temperature"],
-                              top_k=c["top_k"], top_p=c["top_p"], return_logits=True, **kw)
+        decode = DecodeConfig(tuple(c["cfg_scales"]), c["num_inference_steps"], c["temperature"], c["top_k"],
+                              c["top_p"])
+        return _generate(model, cond, decode, token_order=order, return_logits=True, **kw)
 
-    for name, kw in [("eager", {}), ("compiled", {"compile": True})]:
+    decoder = CompiledDecoder(model, backend=backend)
+    for name, kw in [("eager", {}), ("compiled", {"decoder": decoder})]:
         before, skips = graphs(), cudagraph_skips()
         equal, close, err = 0, 0, 0.0
         for case in meta["cases"]:
@@ -101,7 +102,7 @@ def check_generate(device, backend, report):
     with torch.autocast(device.type, dtype=torch.bfloat16):
         e_ids, e_logits = run(case)
         s_ids, s_logits = run(case, static_shapes=True)
-        c_ids, c_logits = run(case, compile=True)
+        c_ids, c_logits = run(case, decoder=decoder)
     ref32 = ref[case["case"] + ".step_logits"].to(device)
     scale = max((e_logits - ref32).abs().max().item(), 1e-2)
     diffs = [(s_logits - e_logits).abs().max().item(), (c_logits - e_logits).abs().max().item()]
@@ -110,7 +111,6 @@ def check_generate(device, backend, report):
                f"max abs logit diff static {diffs[0]:.2e}, compiled {diffs[1]:.2e}",
                f"tolerance: bf16's own error here, max |eager bf16 - fp32 fixture| = {scale:.2e}; ids equal "
                f"{int((s_ids == e_ids).sum())}/{e_ids.numel()} and {int((c_ids == e_ids).sum())}/{e_ids.numel()}")
-    model.remove_caches()
 
 
 def check_forward(device, backend, report):
@@ -183,7 +183,6 @@ def main():
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False  # compare in true fp32
     torch.backends.cudnn.allow_tf32 = False
-    generate_module.COMPILE_BACKEND = args.compile_backend
     report = Report(args.md)
     {"generate": check_generate, "forward": check_forward, "train": check_train}[args.check](
         device, args.compile_backend, report)

@@ -13,7 +13,7 @@ import RandAR.applications.resolution_extrapolation as extrapolation
 from RandAR.applications.resolution_extrapolation import (extrapolation_rope, generate_resolution_extrapolation,
                                                           second_pass_schedule, spatial_cfg, spatial_context_keep)
 from RandAR.model.builder import build_randar
-from RandAR.model.generate import DecodeConfig
+from RandAR.model.generate import DecodeConfig, _generate
 from RandAR.model.rope import precompute_freqs_cis_2d, precompute_freqs_cis_2d_extrapolation
 from RandAR.utils.config import load_config
 
@@ -111,7 +111,7 @@ def test_spatial_cfg_arithmetic():
     g = spatial_cfg(cond, 10, (3.0, 3.0), (1.0, 1.0), keep)  # plain class CFG
     assert [b.tolist() for b in g.branch_classes] == [[3, 7], [10, 10]] and g.known_token_keep is None
     torch.testing.assert_close(g.combine([c, u], 0.5), u + 3.0 * (c - u))
-    with pytest.raises(ValueError, match="masking ratio"):
+    with pytest.raises(AssertionError, match="masking ratio"):  # checked at --spatial-masking-ratio
         spatial_context_keep(torch.arange(4)[None], 1.5)
 
 
@@ -161,7 +161,7 @@ def test_extrapolation_matches_the_original(model, monkeypatch):
     def generate_keeping_logits(*args, **kw):  # our decoding loop, also returning the large-grid pass's logits
         if kw.get("known_tokens") is None:
             return real_generate(*args, **kw)
-        ids, second_pass["logits"] = real_generate(*args, return_logits=True, **kw)
+        ids, second_pass["logits"] = _generate(*args, return_logits=True, **kw)
         return ids
 
     monkeypatch.setattr(extrapolation, "generate", generate_keeping_logits)
@@ -201,7 +201,7 @@ def test_every_token_is_decoded(model, steps):
 
 
 def test_extrapolation_rejects_bad_settings(model):
-    with pytest.raises(ValueError, match="whole number"):
+    with pytest.raises(AssertionError, match="whole number"):  # checked at --extrapolation-factor
         generate_resolution_extrapolation(model, torch.tensor([1]), extrapolation_factor=1.5)
     with pytest.raises(ValueError, match="ntk_boundary"):
         generate_resolution_extrapolation(model, torch.tensor([1]), ntk_boundary=9)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 import train_c2i
 from RandAR.model.builder import build_randar
-from RandAR.training.checkpoints import checkpoint_name, prune_checkpoints
+from RandAR.training.checkpoint_folders import checkpoint_name, prune_checkpoints
 from RandAR.training.export import export_steps, is_checkpoint_step
 from RandAR.training.vq import load_train_config
 from RandAR.utils.checkpoint import export_config, save_export

@@ -64,10 +64,7 @@ def test_a_run_out_of_time_still_leaves_the_table_and_fails(tmp_path):
 def bench(monkeypatch):
     """bench_generate.main() in-process on the tiny config, compiled with dynamo's eager backend."""
     import torch._dynamo
-
-    import RandAR.model.generate as gen
     torch._dynamo.reset()
-    monkeypatch.setattr(gen, "COMPILE_BACKEND", gen.COMPILE_BACKEND)  # main() sets it; restored after the test
     module = load_script("benchmarks/bench_generate.py")
     monkeypatch.setattr(sys, "argv", ["bench_generate.py", "--configs", "configs/randar/randar_tiny.yaml", "--device",
                                       "cpu", "--batch-sizes", "2", "--steps", "16", "6", "--repeats", "1",

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from RandAR.model.generate import parallel_decoding_schedule
+from RandAR.model.generate import CompiledDecoder, DecodeConfig, _generate, parallel_decoding_schedule
 from RandAR.model.randar_gpt import RandARTransformer
 from RandAR.utils.checkpoint import CheckpointMismatchError, load_model_weights, suggest_config
 from RandAR.model.builder import build_randar
@@ -31,6 +31,13 @@ def ref_model():
     model = RandARTransformer(**tiny_args()).eval()
     load_model_weights(model, os.path.join(FIX, "randar_tiny.safetensors"))
     return model
+
+
+def generate_logits(model, cond, cfg_scales=(1.0, 1.0), num_inference_steps=None, temperature=1.0, top_k=0,
+                    top_p=1.0, **kw):
+    """model.generate's call, also returning the logits each token was drawn from (the private _generate)."""
+    decode = DecodeConfig(tuple(cfg_scales), num_inference_steps, temperature, top_k, top_p)
+    return _generate(model, cond, decode, return_logits=True, **kw)
 
 
 def random_model(seed=0, **overrides):
@@ -58,9 +65,9 @@ def test_generate_matches_reference_every_case(ref_model):
     assert len(meta["cases"]) == 10
     for case in meta["cases"]:
         call, name = case["call"], case["case"]
-        ids, logits = ref_model.generate(ref["cond"], token_order=ref["token_order"], cfg_scales=call["cfg_scales"],
-                                         num_inference_steps=call["num_inference_steps"], temperature=1.0,
-                                         top_k=call["top_k"], top_p=call["top_p"], return_logits=True)
+        ids, logits = generate_logits(ref_model, ref["cond"], token_order=ref["token_order"],
+                                      cfg_scales=call["cfg_scales"], num_inference_steps=call["num_inference_steps"],
+                                      temperature=1.0, top_k=call["top_k"], top_p=call["top_p"])
         assert torch.equal(ids, ref[f"{name}.result_indices"]), name
         torch.testing.assert_close(logits, ref[f"{name}.step_logits"], atol=5e-4, rtol=1e-4, msg=name)
         assert parallel_decoding_schedule(16, call["num_inference_steps"]) == case["tokens_per_step"]
@@ -147,8 +154,8 @@ def test_cached_steps_equal_teacher_forcing_with_cfg():
     B, N = 3, model.block_size
     cond = torch.tensor([1, 4, 7])
     order = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(i)) for i in range(B)])
-    ids, step_logits = model.generate(cond, token_order=order, cfg_scales=(1.0, 3.0), num_inference_steps=-1,
-                                      temperature=1.0, top_k=0, return_logits=True)
+    ids, step_logits = generate_logits(model, cond, token_order=order, cfg_scales=(1.0, 3.0), num_inference_steps=-1,
+                                       temperature=1.0, top_k=0)
     c, _, _ = model(ids, cond, token_order=order)
     u, _, _ = model(ids, torch.full_like(cond, model.num_classes), token_order=order)
     scale = (1.0 + 2.0 * torch.arange(N) / N).view(1, N, 1)
@@ -163,8 +170,7 @@ def test_parallel_decoding_with_known_prefix_equals_teacher_forcing():
     cond = torch.tensor([3, 9])
     order = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(10 + i)) for i in range(B)])
     known = torch.randint(0, model.vocab_size, (B, K))
-    ids, step_logits = model.generate(cond, token_order=order, num_inference_steps=4, known_tokens=known,
-                                      return_logits=True)
+    ids, step_logits = generate_logits(model, cond, token_order=order, num_inference_steps=4, known_tokens=known)
     assert torch.equal(ids.gather(1, order[:, :K]), known)
     tf, _, _ = model(ids, cond, token_order=order)
     counts = parallel_decoding_schedule(N - K, 4)
@@ -214,17 +220,26 @@ def test_grouped_query_attention_generates_and_matches_teacher_forcing():
     assert model.layers[0].attention.wqkv.weight.shape[0] == (4 + 2 * 2) * 16
     cond = torch.tensor([5, 6])
     order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(2)])
-    ids, logits = model.generate(cond, token_order=order, num_inference_steps=-1, return_logits=True)
+    ids, logits = generate_logits(model, cond, token_order=order, num_inference_steps=-1)
     tf, _, _ = model(ids, cond, token_order=order)
     torch.testing.assert_close(logits, tf, atol=1e-4, rtol=1e-4)
 
 
 def test_cfg_without_null_class_is_a_clear_error():
+    """Checked once, where the tools' settings meet the model (check_for_model: the user's message); generate
+    only asserts it."""
+    from types import SimpleNamespace
+
+    from RandAR.sampling.inputs import check_for_model
     model = random_model(6, class_dropout_prob=0.0)
     assert model.cls_embedding.embedding_table.num_embeddings == 10
-    with pytest.raises(ValueError, match="null class"):
+    tokenizer = SimpleNamespace(downsample_factor=2)
+    with pytest.raises(ValueError, match="null class.*use --cfg-scales 1.0,1.0"):
+        check_for_model(model, tokenizer, DecodeConfig((1.0, 4.0)), None)
+    check_for_model(model, tokenizer, DecodeConfig((1.0, 1.0)), None)  # no guidance: fine
+    with pytest.raises(AssertionError, match="null class"):
         model.generate(torch.tensor([1]), cfg_scales=(1.0, 4.0))
-    model.generate(torch.tensor([1]), cfg_scales=(1.0, 1.0))  # no guidance: fine
+    model.generate(torch.tensor([1]), cfg_scales=(1.0, 1.0))
 
 
 def test_one_entry_point_with_a_guidance_object():
@@ -249,7 +264,7 @@ def test_one_entry_point_with_a_guidance_object():
     assert "RandAR.model.randar_gpt" not in imported
     no_null = random_model(6, class_dropout_prob=0.0)
     two = Guidance([cond, cond], lambda logits, fraction: logits[0])
-    with pytest.raises(ValueError, match="null class"):
+    with pytest.raises(AssertionError, match="null class"):
         generate_module.generate(no_null, cond, guidance=two)
 
 
@@ -343,16 +358,15 @@ def test_static_shape_and_compiled_decoding_match_the_dynamic_path():
     for kw in [dict(num_inference_steps=6, cfg_scales=(1.0, 3.0)), dict(num_inference_steps=-1),
                dict(num_inference_steps=4, known_tokens=known, cfg_scales=(2.0, 2.0)),
                dict(num_inference_steps=2, chunk_size=3)]:
-        ref, ref_logits = model.generate(cond, token_order=order, seeds=seeds, return_logits=True,
-                                         **{k: v for k, v in kw.items() if k != "chunk_size"})
-        ids, logits = model.generate(cond, token_order=order, seeds=seeds, return_logits=True, static_shapes=True, **kw)
+        ref, ref_logits = generate_logits(model, cond, token_order=order, seeds=seeds,
+                                          **{k: v for k, v in kw.items() if k != "chunk_size"})
+        ids, logits = generate_logits(model, cond, token_order=order, seeds=seeds, static_shapes=True, **kw)
         assert torch.equal(ids, ref)
         torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
     ref = model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=6, cfg_scales=(1.0, 3.0))
     ids = model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=6, cfg_scales=(1.0, 3.0),
-                         compile="reduce-overhead")
+                         decoder=CompiledDecoder(model, mode="reduce-overhead"))
     assert torch.equal(ids, ref)
-    model.remove_caches()
 
 
 def test_static_cache_under_cpu_bf16_autocast_matches_the_dynamic_path():
@@ -362,10 +376,10 @@ def test_static_cache_under_cpu_bf16_autocast_matches_the_dynamic_path():
     order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(2)])
     cond = torch.tensor([4, 5])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref, ref_logits = model.generate(cond, token_order=order, num_inference_steps=6, cfg_scales=(1.0, 3.0),
-                                         top_k=1, return_logits=True)
-        ids, logits = model.generate(cond, token_order=order, num_inference_steps=6, cfg_scales=(1.0, 3.0),
-                                     top_k=1, return_logits=True, static_shapes=True)
+        ref, ref_logits = generate_logits(model, cond, token_order=order, num_inference_steps=6,
+                                          cfg_scales=(1.0, 3.0), top_k=1)
+        ids, logits = generate_logits(model, cond, token_order=order, num_inference_steps=6, cfg_scales=(1.0, 3.0),
+                                      top_k=1, static_shapes=True)
     assert model.layers[0].attention.kv_cache is None
     torch.testing.assert_close(logits, ref_logits, atol=0.05, rtol=0.02)  # bf16 rounding of different shapes
     assert torch.equal(ids, ref)
@@ -374,8 +388,6 @@ def test_static_cache_under_cpu_bf16_autocast_matches_the_dynamic_path():
 def _eager_compile(monkeypatch, modes):
     """torch.compile through dynamo with the "eager" backend (no inductor build: seconds, not minutes); dynamo's
     guards and recompiles, which these tests are about, are the real ones. Records the modes asked for."""
-    import RandAR.model.generate as gen
-    monkeypatch.setattr(gen, "COMPILE_BACKEND", "inductor")  # so that generate asks for a mode
     real_compile = torch.compile
 
     def compile_eager(fn, dynamic=None, mode=None, fullgraph=False):
@@ -400,9 +412,8 @@ def test_static_decoding_has_one_shape_per_batch_whatever_the_step_count(monkeyp
         return real_step(x, f, pos, num_logits)
     monkeypatch.setattr(model, "decode_step", recording_step)
     cond, known = torch.tensor([1, 2, 3]), torch.randint(0, 64, (3, 5))
-    for kw in [dict(num_inference_steps=-1), dict(num_inference_steps=6), dict(num_inference_steps=3),
-               dict(num_inference_steps=2, known_tokens=known)]:
-        model.generate(cond, cfg_scales=(1.0, 3.0), static_shapes=True, **kw)
+    for steps, known_tokens in [(-1, None), (6, None), (3, None), (2, known)]:
+        _generate(model, cond, DecodeConfig((1.0, 3.0), steps), known_tokens=known_tokens, static_shapes=True)
     assert len(shapes) == 1, shapes
     monkeypatch.undo()
 
@@ -410,52 +421,55 @@ def test_static_decoding_has_one_shape_per_batch_whatever_the_step_count(monkeyp
     _eager_compile(monkeypatch, modes)
     order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(3)])
     seeds = torch.tensor([7, 8, 9])
-    model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=8, compile=True)  # warm-up
+    decoder = CompiledDecoder(model)
+    model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=8, decoder=decoder)  # warm-up
     with torch._dynamo.config.patch(error_on_recompile=True):
         for steps in (-1, 6, 3):
             ref = model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=steps)
             assert torch.equal(model.generate(cond, token_order=order, seeds=seeds, num_inference_steps=steps,
-                                              compile=True), ref)
-    assert modes == ["default"]  # built once, in the mode compile=True means on CPU
-    model.remove_caches()
+                                              decoder=decoder), ref)
+    assert modes == ["default"]  # built once, in the decoder's default mode on CPU
 
 
 def test_compiled_calls_reuse_one_kv_cache_per_batch_and_length(monkeypatch):
-    """CUDA graphs replay on fixed addresses: compiled calls keep one cache per (batch, length) and reuse it,
+    """CUDA graphs replay on fixed addresses: a CompiledDecoder keeps one cache per (batch, length) and reuses it,
     also when calls alternate between two grids (resolution extrapolation), without recompiling; eager calls
-    keep nothing. Kept caches are no buffers of the model (checkpoints, EMA and DDP never see them), and
-    "reduce-overhead" (CUDA graphs, skipped on CPU) gives the eager path's tokens."""
+    keep nothing. Kept caches are the decoder's, no buffers or attributes of the model (checkpoints, EMA and DDP
+    never see them), and "reduce-overhead" (CUDA graphs, skipped on CPU) gives the eager path's tokens."""
     import torch._dynamo
     from RandAR.model.rope import precompute_freqs_cis_2d
-    _eager_compile(monkeypatch, [])
+    modes = []
+    _eager_compile(monkeypatch, modes)
     model = random_model(14)
-    keys, n_buffers = set(model.state_dict()), len(list(model.buffers()))
     seen = []
-    real_setup = model.setup_caches
+    real_attach = model.attach_caches
 
-    def recording_setup(*args, **kw):
-        real_setup(*args, **kw)
-        seen.append(model.layers[0].attention.kv_cache.k.data_ptr())
-    monkeypatch.setattr(model, "setup_caches", recording_setup)
+    def recording_attach(caches):
+        real_attach(caches)
+        if caches is not None:
+            seen.append(caches[0].k.data_ptr())
+    monkeypatch.setattr(model, "attach_caches", recording_attach)
+    keys, n_buffers, attrs = set(model.state_dict()), len(list(model.buffers())), set(model.__dict__)
     cond, seeds = torch.tensor([1, 2]), torch.tensor([1, 2])
     big = precompute_freqs_cis_2d(5, model.head_dim, model.rope_base, model.cls_token_num)
     big_order = torch.stack([torch.randperm(25, generator=torch.Generator().manual_seed(i)) for i in range(2)])
     calls = [dict(), dict(freqs_cis=big, token_order=big_order)]
     ref = [model.generate(cond, num_inference_steps=6, seeds=seeds, generator=torch.Generator().manual_seed(0), **kw)
            for kw in calls]
-    assert model._kv_caches == {} and model.layers[0].attention.kv_cache is None
+    assert set(model.__dict__) == attrs and model.layers[0].attention.kv_cache is None
     seen.clear()
+    decoder = CompiledDecoder(model, mode="reduce-overhead")
     for _ in range(2):
         with torch._dynamo.config.patch(error_on_recompile=bool(seen)):
             for r, kw in zip(ref, calls):
-                ids = model.generate(cond, num_inference_steps=6, seeds=seeds, compile="reduce-overhead",
+                ids = model.generate(cond, num_inference_steps=6, seeds=seeds, decoder=decoder,
                                      generator=torch.Generator().manual_seed(0), **kw)
                 assert torch.equal(ids, r)
     assert seen[:2] == seen[2:] and seen[0] != seen[1]
-    assert len(model._kv_caches) == 2 and model.layers[0].attention.kv_cache is None
+    assert len(decoder.caches) == 2 and modes == ["reduce-overhead"]
+    assert all(layer.attention.kv_cache is None for layer in model.layers)
     assert set(model.state_dict()) == keys and len(list(model.buffers())) == n_buffers
-    model.remove_caches()
-    assert model._kv_caches == {}
+    assert set(model.__dict__) == attrs  # nothing compiled or cached in the model
 
 
 def test_rope_table_moves_with_the_model_and_stays_float32():

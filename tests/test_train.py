@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from RandAR.training.checkpoints import (RECORD, UNRECORDED, CheckpointError, checkpoint_name, clear_temporaries,
+from RandAR.training.checkpoint_folders import (RECORD, UNRECORDED, CheckpointError, checkpoint_name, clear_temporaries,
                                          find_resume_state, latest_checkpoint, list_checkpoints, load_state_or_stop,
                                          mirror_checkpoint, prune_checkpoints, save_checkpoint, state_problem)
 from RandAR.training.state import EMA, SeededItems, StepBatchSampler

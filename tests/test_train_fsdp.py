@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from test_train import (CONFIG, FOLDER, PY, ROOT, TORCHRUN, _descendants, assert_same_tensors, data,  # noqa: F401
                         env, logged_losses, run_ok, train_cmd, wait_for)
-from RandAR.training.checkpoints import checkpoint_name, latest_checkpoint
+from RandAR.training.checkpoint_folders import checkpoint_name, latest_checkpoint
 from RandAR.utils.versions import FSDP2_ACCELERATE_MIN, installed
 
 from packaging.version import Version

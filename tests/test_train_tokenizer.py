@@ -1,4 +1,4 @@
-"""tools/train_tokenizer.py: the LR schedule it runs, its checkpoints (training/checkpoints.py's layout) and a resume
+"""tools/train_tokenizer.py: the LR schedule it runs, its checkpoints (training/checkpoint_folders.py's layout) and a resume
 that ends with the weights of an uninterrupted run."""
 import json
 import math

@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.applications.editing import complete_images, known_from_pixel_mask  # noqa: E402
+from RandAR.model.generate import CompiledDecoder  # noqa: E402
 from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model,  # noqa: E402
                                     check_inputs, decode_config, load_models)
 from RandAR.sampling.image_io import (crop_image_and_mask, encode_image, grey_out, open_mask,  # noqa: E402
@@ -51,7 +52,7 @@ def main(argv=None):
         check_at_least_one(num_samples=args.num_samples, batch_size=args.batch_size)
         inputs = check_inputs(args.config, args.gpt_ckpt, args.vq_ckpt)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, tokenizer = load_models(inputs, device, args.precision, args.compile)
+        model, tokenizer = load_models(inputs, device, args.precision)
         decode, _ = check_for_model(model, tokenizer, decode, None, class_id=args.class_id)
         patch = tokenizer.downsample_factor
         size = model.grid_size * patch
@@ -63,8 +64,9 @@ def main(argv=None):
         print(f"{int(known.sum())} of {known.numel()} tokens known, {int((~known).sum())} to generate, "
               f"{args.num_samples} sample(s) of class {args.class_id}", flush=True)
         seeds = image_seeds(args.seed, range(args.num_samples))  # sample i's order and draws
+        decoder = CompiledDecoder(model) if args.compile else None
         results = complete_images(model, tokenizer, decode, args.class_id, seeds, args.batch_size, tokens,
-                                  known[None], size)
+                                  known[None], size, decoder=decoder)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     regenerated = cells_to_pixels((~known).view(model.grid_size, -1).cpu().numpy(), patch)

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.applications.editing import OUTPAINT_REGIONS, complete_images, place_region, region_box  # noqa: E402
 from RandAR.applications.resolution_extrapolation import extrapolation_grid, extrapolation_rope  # noqa: E402
+from RandAR.model.generate import CompiledDecoder  # noqa: E402
 from RandAR.sampling.inputs import (USER_ERRORS, add_editing_args, check_at_least_one, check_for_model,  # noqa: E402
                                     check_inputs, decode_config, load_models)
 from RandAR.sampling.image_io import GREY, encode_image, fit_to_box, open_rgb, save_results  # noqa: E402
@@ -63,7 +64,7 @@ def main(argv=None):
         check_at_least_one(num_samples=args.num_samples, batch_size=args.batch_size)
         inputs = check_inputs(args.config, args.gpt_ckpt, args.vq_ckpt)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, tokenizer = load_models(inputs, device, args.precision, args.compile)
+        model, tokenizer = load_models(inputs, device, args.precision)
         decode, _ = check_for_model(model, tokenizer, decode, None, class_id=args.class_id)
         patch = tokenizer.downsample_factor
         grid = extrapolation_grid(model, args.extrapolation_factor)
@@ -76,8 +77,9 @@ def main(argv=None):
               f"{int((~known).sum())} tokens to generate, {args.num_samples} sample(s) of class {args.class_id}",
               flush=True)
         seeds = image_seeds(args.seed, range(args.num_samples))  # sample i's order and draws
+        decoder = CompiledDecoder(model) if args.compile else None
         results = complete_images(model, tokenizer, decode, args.class_id, seeds, args.batch_size, tokens, known,
-                                  grid * patch, freqs_cis=rope)
+                                  grid * patch, freqs_cis=rope, decoder=decoder)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     canvas = np.full((grid * patch, grid * patch, 3), GREY, dtype=np.uint8)

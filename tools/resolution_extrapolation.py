@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.applications.resolution_extrapolation import (extrapolation_grid, extrapolation_rope,  # noqa: E402
                                                           generate_resolution_extrapolation)
+from RandAR.model.generate import CompiledDecoder  # noqa: E402
 from RandAR.sampling.inputs import (USER_ERRORS, add_decoding_args, add_extrapolation_args, add_model_args,  # noqa: E402
                                     add_run_args, check_at_least_one, check_for_model, check_inputs, ckpt_name,
                                     decode_config, load_models, parse_pair, resolve_precision, run_stamp,
@@ -60,14 +61,14 @@ def extrapolation_settings(args) -> dict:
 
 
 @torch.no_grad()
-def sample_batch(model, tokenizer, indices, decode, extrapolation, args, size_eval):
+def sample_batch(model, tokenizer, indices, decode, extrapolation, args, size_eval, decoder=None):
     """Images `indices` -> uint8 (B, size_eval, size_eval, 3); labels and seeds as sample_c2i.py's, so image i's
     low-resolution pass is the image sample_c2i.py makes for index i with the same settings."""
     device = model.tok_embeddings.weight.device
     labels = class_labels(indices, model.num_classes, args.global_seed, args.class_sampling)
     seeds = torch.tensor(image_seeds(args.global_seed, indices), dtype=torch.long)
     ids, _ = generate_resolution_extrapolation(model, torch.tensor(labels, device=device), decode=decode, seeds=seeds,
-                                               **extrapolation)
+                                               decoder=decoder, **extrapolation)
     return tokenizer.decode_codes_to_img(ids, size_eval), labels
 
 
@@ -83,7 +84,7 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     dist = init_distributed(timeout=PACK_TIMEOUT)
     try:
-        model, tokenizer = load_models(inputs, dist.device, args.precision, args.compile)
+        model, tokenizer = load_models(inputs, dist.device, args.precision)
         if model.position_order == "raster":
             raise ValueError("resolution extrapolation needs a random-order model (position_order: random)")
         extrapolation_rope(model, args.extrapolation_factor, args.ntk_boundary)  # checks --ntk-boundary
@@ -93,6 +94,7 @@ def main(argv=None):
             fix="use --cfg-scales 1.0,1.0 --spatial-cfg-scales 1.0,1.0")
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
+    decoder = CompiledDecoder(model) if args.compile else None  # compiled at its first call
     size_eval = args.image_size_eval or size
     settings = sampling_settings(decode, image_size=size, image_size_eval=size_eval,
                                  precision=resolve_precision(args.precision, dist.device),
@@ -104,7 +106,7 @@ def main(argv=None):
         if dist.is_main:
             start = time.time()
             images, labels = sample_batch(model, tokenizer, range(args.per_proc_batch_size), decode, extrapolation,
-                                          args, size_eval)
+                                          args, size_eval, decoder)
             save_debug_grid(images, labels, f"{folder}-debug.png", time.time() - start)
         cleanup()
         return
@@ -114,7 +116,7 @@ def main(argv=None):
     start = time.time()
     for batch in batches(mine, total, args.per_proc_batch_size, dist, desc=f"cfg {decode.cfg_scales[0]}-"
                                                                            f"{decode.cfg_scales[1]}"):
-        images, _ = sample_batch(model, tokenizer, batch, decode, extrapolation, args, size_eval)
+        images, _ = sample_batch(model, tokenizer, batch, decode, extrapolation, args, size_eval, decoder)
         for index, image in zip(batch, images):
             save_png(image, os.path.join(folder, png_name(index)))
     barrier()

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from RandAR.eval import fid  # noqa: E402
 from RandAR.eval.extractors import EVALUATORS, build_extractor  # noqa: E402
-from RandAR.model.generate import generate  # noqa: E402
+from RandAR.model.generate import CompiledDecoder, generate  # noqa: E402
 from RandAR.model.orders import random_permutations  # noqa: E402
 from RandAR.sampling.inputs import (USER_ERRORS, add_decoding_args, add_model_args, add_run_args, check_at_least_one,  # noqa: E402
                                     check_for_model, check_inputs, ckpt_name, decode_config, load_models, parse_pair,
@@ -181,7 +181,7 @@ def on_main(dist, fn):
 
 
 @torch.no_grad()
-def sample_batch(model, tokenizer, indices, decode, args, size_eval):
+def sample_batch(model, tokenizer, indices, decode, args, size_eval, decoder=None):
     """Images `indices` -> uint8 (B, size_eval, size_eval, 3), as sample_c2i.py makes them."""
     device = model.tok_embeddings.weight.device
     labels = class_labels(indices, model.num_classes, args.global_seed, args.class_sampling)
@@ -190,7 +190,7 @@ def sample_batch(model, tokenizer, indices, decode, args, size_eval):
     if model.position_order != "raster":
         order = random_permutations(len(seeds), [model.block_size], seeds)[0].to(device)
     codes = generate(model, torch.tensor(labels, device=device), decode, token_order=order,
-                     seeds=torch.tensor(seeds, device=device))
+                     seeds=torch.tensor(seeds, device=device), decoder=decoder)
     return tokenizer.decode_codes_to_img(codes, size_eval), labels
 
 
@@ -211,10 +211,11 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     dist = init_distributed(timeout=EVAL_TIMEOUT)
     try:
-        model, tokenizer = load_models(inputs, dist.device, args.precision, args.compile)
+        model, tokenizer = load_models(inputs, dist.device, args.precision)
         decode, size = check_for_model(model, tokenizer, decode, args.image_size)
     except SEARCH_ERRORS as e:
         sys.exit(f"error: {e}")
+    decoder = CompiledDecoder(model) if args.compile else None  # compiled at its first call
     size_eval = args.image_size_eval or size
     base = sampling_settings(decode, image_size=size, image_size_eval=size_eval,
                              precision=resolve_precision(args.precision, dist.device),
@@ -228,7 +229,7 @@ def main(argv=None):
                                     + "-debug.png")
                 start = time.time()
                 images, labels = sample_batch(model, tokenizer, range(args.per_proc_batch_size),
-                                              replace(decode, cfg_scales=(1.0, s)), args, size_eval)
+                                              replace(decode, cfg_scales=(1.0, s)), args, size_eval, decoder)
                 save_debug_grid(images, labels, path, time.time() - start)
         cleanup()
         return
@@ -251,7 +252,7 @@ def main(argv=None):
         forced.add(scale)
         mine, total = my_missing_indices(folder, num, dist)
         for batch in batches(mine, total, args.per_proc_batch_size, dist, desc=f"cfg 1.0-{scale}"):
-            images, _ = sample_batch(model, tokenizer, batch, scale_decode, args, size_eval)
+            images, _ = sample_batch(model, tokenizer, batch, scale_decode, args, size_eval, decoder)
             for index, image in zip(batch, images):
                 save_png(image, os.path.join(folder, png_name(index)))
         barrier()

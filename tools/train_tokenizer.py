@@ -25,7 +25,7 @@ from RandAR.dataset.augmentation import CenterCrop, to_tokenizer_input  # noqa: 
 from RandAR.dataset.builder import build_image_dataset  # noqa: E402
 from RandAR.model.tokenizers import build_tokenizer  # noqa: E402
 from RandAR.training import vq as tt  # noqa: E402
-from RandAR.training.checkpoints import CheckpointError, clear_temporaries  # noqa: E402
+from RandAR.training.checkpoint_folders import CheckpointError, clear_temporaries  # noqa: E402
 from RandAR.utils.atomic import write_json  # noqa: E402
 from RandAR.utils.checkpoint import atomic_save_safetensors  # noqa: E402
 from RandAR.utils.config_schema import ConfigError  # noqa: E402

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 from dataclasses import replace
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from RandAR.model.generate import DecodeConfig, generate, parallel_decoding_schedule  # noqa: E402
+from RandAR.model.generate import CompiledDecoder, DecodeConfig, generate, parallel_decoding_schedule  # noqa: E402
 from RandAR.model.orders import random_permutations  # noqa: E402
 from RandAR.sampling.folder import class_labels, image_seeds  # noqa: E402
 from RandAR.sampling.image_io import GREY  # noqa: E402
@@ -64,7 +64,7 @@ def run_name(steps: int, n: int) -> str:
 
 @torch.no_grad()
 def decode_runs(model, tokenizer, labels: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
-                decode: DecodeConfig):
+                decode: DecodeConfig, decoder: Optional[CompiledDecoder] = None):
     """Each image generated once per entry of `steps` (decode's other settings) in its own seeded order -> per
     run: (frames uint8 (S, B, H, W, 3), counts, final uint8 (B, H, W, 3))."""
     device = model.tok_embeddings.weight.device
@@ -74,7 +74,7 @@ def decode_runs(model, tokenizer, labels: Sequence[int], seeds: Sequence[int], s
     runs = []
     for n_steps in steps:
         codes = generate(model, cond, replace(decode, num_inference_steps=n_steps), token_order=order,
-                         seeds=torch.tensor(list(seeds), dtype=torch.long, device=device))
+                         seeds=torch.tensor(list(seeds), dtype=torch.long, device=device), decoder=decoder)
         final = tokenizer.decode_codes_to_img(codes, model.grid_size * patch)
         counts = parallel_decoding_schedule(N, n_steps)
         runs.append((decoding_frames(final, known_after_each_step(order.cpu(), counts), patch), counts, final))
@@ -153,13 +153,15 @@ def main(argv=None):
             raise ValueError("--num-images and --max-frames must be >= 1")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_models(check_inputs(args.config, args.gpt_ckpt, args.vq_ckpt), device,
-                                       args.precision, args.compile)
+                                       args.precision)
         decode, _ = check_for_model(model, tokenizer, decode, None)
         labels = ([int(c) for c in args.class_ids.split(",")] if args.class_ids else
                   class_labels(range(args.num_images), model.num_classes, args.seed))
         if not all(0 <= c < model.num_classes for c in labels):
             raise ValueError(f"--class-ids {args.class_ids}: this model has classes 0..{model.num_classes - 1}")
-        runs = decode_runs(model, tokenizer, labels, image_seeds(args.seed, range(len(labels))), steps, decode)
+        decoder = CompiledDecoder(model) if args.compile else None
+        runs = decode_runs(model, tokenizer, labels, image_seeds(args.seed, range(len(labels))), steps, decode,
+                           decoder)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
     names = [run_name(s, model.block_size) for s in steps]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from RandAR.model.orders import known_first_order
-from RandAR.model.generate import DecodeConfig, generate
+from RandAR.model.generate import CompiledDecoder, DecodeConfig, generate
 
 OUTPAINT_REGIONS = ("center", "left", "right", "top", "bottom")
 
@@ -19,14 +19,14 @@ OUTPAINT_REGIONS = ("center", "left", "right", "top", "bottom")
 @torch.no_grad()
 def generate_with_known(model, cond: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor,
                         decode: DecodeConfig = DecodeConfig(), freqs_cis: Optional[torch.Tensor] = None,
-                        seeds: Optional[torch.Tensor] = None,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                        seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                        decoder: Optional[CompiledDecoder] = None) -> torch.Tensor:
     """Complete token grids: (B, N) ids in raster order, equal to `tokens` wherever `known` is True.
 
     cond (B,) class ids; tokens (B, N) raster ids (values at unknown cells are ignored); known (B, N) bool, the
     same number of known cells in every row. N is the model's block size, or the size of the grid `freqs_cis`
     was made for. decode: class CFG, steps for the unknown tokens and how they are drawn. seeds (B,): per-sample
-    orders and draws, independent of the batch.
+    orders and draws, independent of the batch. decoder: generate's (None: eager).
     """
     if tokens.shape != known.shape:
         raise ValueError(f"tokens {tuple(tokens.shape)} and known {tuple(known.shape)} must have one shape (B, N)")
@@ -34,13 +34,14 @@ def generate_with_known(model, cond: torch.Tensor, tokens: torch.Tensor, known: 
     order = order.to(tokens.device)
     known_ids = tokens.gather(1, order[:, :K]) if K else None
     return generate(model, cond, decode, token_order=order, known_tokens=known_ids, freqs_cis=freqs_cis,
-                    seeds=seeds, generator=generator)
+                    seeds=seeds, generator=generator, decoder=decoder)
 
 
 @torch.no_grad()
 def complete_images(model, tokenizer, decode: DecodeConfig, class_id: int, seeds: Sequence[int], batch_size: int,
                     tokens: torch.Tensor, known: torch.Tensor, image_size: int,
-                    freqs_cis: Optional[torch.Tensor] = None) -> np.ndarray:
+                    freqs_cis: Optional[torch.Tensor] = None, decoder: Optional[CompiledDecoder] = None
+                    ) -> np.ndarray:
     """One completion of one grid (tokens, known: (1, N)) per seed, `batch_size` at a time, decoded:
     uint8 (len(seeds), image_size, image_size, 3). A completion depends on its seed only, not on the batch."""
     device = tokens.device
@@ -50,7 +51,7 @@ def complete_images(model, tokenizer, decode: DecodeConfig, class_id: int, seeds
         b = len(s)
         cond = torch.full((b,), class_id, dtype=torch.long, device=device)
         ids = generate_with_known(model, cond, tokens.expand(b, -1), known.expand(b, -1), decode,
-                                  freqs_cis=freqs_cis, seeds=s)
+                                  freqs_cis=freqs_cis, seeds=s, decoder=decoder)
         images.append(tokenizer.decode_codes_to_img(ids, image_size))
     return np.concatenate(images)
 

@@ -18,8 +18,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from RandAR.model.orders import random_permutations, subgrid_first_order, subgrid_positions
-from RandAR.model.generate import (DecodeConfig, Guidance, class_cfg, default_steps, generate, linear_scale,
-                                   parallel_decoding_schedule)
+from RandAR.model.generate import (CompiledDecoder, DecodeConfig, Guidance, class_cfg, default_steps, generate,
+                                   linear_scale, parallel_decoding_schedule)
 from RandAR.model.rope import precompute_freqs_cis_2d_extrapolation
 
 
@@ -46,8 +46,7 @@ def extrapolation_rope(model, extrapolation_factor: float = 2.0, ntk_boundary: i
 def spatial_context_keep(mask_perm: torch.Tensor, masking_ratio: float) -> torch.Tensor:
     """(B, K) 0/1 weights on the K known tokens: 0 on the int(K * masking_ratio) entries named first by each
     row of the permutation `mask_perm` (B, K) (their embeddings are zeroed in the spatial-CFG branch)."""
-    if not 0.0 <= masking_ratio <= 1.0:
-        raise ValueError(f"spatial masking ratio must be in [0, 1], got {masking_ratio}")
+    assert 0.0 <= masking_ratio <= 1.0, f"spatial masking ratio {masking_ratio} (checked at --spatial-masking-ratio)"
     B, K = mask_perm.shape
     keep = torch.ones(B, K)
     return keep.scatter_(1, mask_perm[:, :int(K * masking_ratio)], 0.0)
@@ -106,7 +105,8 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Op
                                       spatial_masking_ratio: float = 0.5,
                                       extrapolation_factor: int = 2, ntk_boundary: int = 2,
                                       seeds: Optional[torch.Tensor] = None,
-                                      generator: Optional[torch.Generator] = None
+                                      generator: Optional[torch.Generator] = None,
+                                      decoder: Optional[CompiledDecoder] = None
                                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample (B, (f*g)^2) token ids of the large grid in raster order, and the (B, g^2) ids of the
     low-resolution image generated first (which sit at cells (f*y, f*x) of the large grid).
@@ -117,12 +117,11 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Op
     then the large grid, whose schedule counts the known tokens: second_pass_schedule); -1, or at least the
     token count, decodes one token per step. seeds (B,): per-sample orders, spatial masks and token draws,
     independent of the batch (the two passes use disjoint counters of the same seed); else `generator` / torch's
-    RNG.
+    RNG. decoder: generate's, for both passes (None: eager).
     """
+    # The low-resolution image sits on every f-th row and column (checked at --extrapolation-factor).
     factor = int(extrapolation_factor)
-    if factor != extrapolation_factor or factor < 2:
-        raise ValueError(f"resolution extrapolation places the low-resolution image on every f-th row and column, "
-                         f"so the factor must be a whole number >= 2; got {extrapolation_factor}")
+    assert factor == extrapolation_factor >= 2, f"extrapolation factor {extrapolation_factor}: not a whole number >= 2"
     rope = extrapolation_rope(model, factor, ntk_boundary)
     g = model.grid_size
     B, device = cond.shape[0], cond.device
@@ -140,8 +139,8 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Op
     cfg_scales = decode.cfg_scales
 
     # 1. the low-resolution image, on the model's own grid, with class CFG.
-    low_ids = generate(model, cond, decode, token_order=low_order, seeds=seeds_dev,
-                       generator=generator)                                                    # (B, g*g) raster
+    low_ids = generate(model, cond, decode, token_order=low_order, seeds=seeds_dev, generator=generator,
+                       decoder=decoder)                                                        # (B, g*g) raster
 
     # 2. the large grid: the low-resolution tokens (in their generation order) as known context.
     known = low_ids.gather(1, low_order)                                                       # (B, g*g)
@@ -149,6 +148,7 @@ def generate_resolution_extrapolation(model, cond: torch.Tensor, token_order: Op
                            spatial_context_keep(mask_perm, spatial_masking_ratio))
     schedule = second_pass_schedule(model, decode.num_inference_steps, order.shape[1], g * g)
     ids = generate(model, cond, decode, token_order=order, known_tokens=known, freqs_cis=rope, guidance=guidance,
-                   seeds=seeds_dev, generator=generator, tokens_per_step=schedule)             # (B, (f*g)^2)
+                   seeds=seeds_dev, generator=generator, tokens_per_step=schedule,
+                   decoder=decoder)                                                            # (B, (f*g)^2)
     assert torch.equal(ids[:, subgrid_positions(g, factor).to(device)], low_ids)
     return ids, low_ids

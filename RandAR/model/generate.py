@@ -106,13 +106,6 @@ def class_cfg(cond: torch.Tensor, cfg_scales: Sequence[float], null_class: int) 
     return Guidance([cond, torch.full_like(cond, null_class)], combine)
 
 
-def require_null_class(model, guided: bool, fix: str = "use cfg scales 1.0,1.0"):
-    """The one check that guidance has the null-class embedding row it needs."""
-    if guided and not model.cls_embedding.has_null_class:
-        raise ValueError(f"classifier-free guidance needs the null class, but this model was built with "
-                         f"class_dropout_prob=0 (no null-class embedding row): {fix}")
-
-
 # ---- the decoding loop ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DecodeConfig:
@@ -161,43 +154,42 @@ def default_steps(model, num_inference_steps: Optional[int]) -> int:
 
 
 STATIC_CHUNK = 16  # rows per static decode piece: one 88-step decode of 256 tokens needs at most 13
-# torch.compile backend of the decode step. The GPU check's CPU dry run sets "aot_eager": dynamo and AOTAutograd
-# as on the GPU (graphs, guards, recompiles), without inductor's minutes of C++ builds on a small CPU.
-COMPILE_BACKEND = "inductor"
 
 
-def compile_mode(compile, device) -> Optional[str]:
-    """generate's `compile` argument -> torch.compile mode: True means CUDA graphs ("reduce-overhead") on CUDA,
-    where per-step launch overhead dominates small batches, and "default" elsewhere; a string is the mode."""
-    if compile is False or compile is None:
-        return None
-    if compile is True:
-        return "reduce-overhead" if torch.device(device).type == "cuda" else "default"
-    return compile
+class CompiledDecoder:
+    """The model's decode step through torch.compile, and the static KV caches it runs on: one set per
+    (batch, length, dtype, device), kept between generate calls, because CUDA graphs replay on fixed addresses
+    (also when calls alternate between two grids, as resolution extrapolation's do). The caller keeps it (a
+    script builds one from --compile) and passes it to generate as `decoder`.
 
-
-def _compiled_decode_step(model, mode: str):
-    """torch.compile of the model's decode step, built once per (model, backend, mode) and reused.
-
-    dynamic=False: one graph per batch size (the piece size and cache length are fixed), which the
-    warm-up compiles; the benchmark checks that a timed call compiles nothing more. fullgraph=True: a graph
-    break is an error, not a silent partial fallback to eager.
+    backend: torch.compile's; the GPU check's CPU dry run passes "aot_eager" (dynamo and AOTAutograd as on the
+    GPU, without inductor's minutes of C++ builds). mode: inductor's, by default CUDA graphs ("reduce-overhead")
+    on CUDA, where per-step launch overhead dominates small batches, and "default" elsewhere.
+    dynamic=False: one graph per batch size (the piece size and cache length are fixed), which the warm-up
+    compiles; fullgraph=True: a graph break is an error, not a silent partial fallback to eager.
     """
-    compiled = getattr(model, "_compiled_decode_steps", None)
-    if compiled is None:
-        compiled = model._compiled_decode_steps = {}
-    key = (COMPILE_BACKEND, mode)
-    if key not in compiled:
-        options = {"mode": mode} if COMPILE_BACKEND == "inductor" else {"backend": COMPILE_BACKEND}
-        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, **options)
-        if mode == "reduce-overhead" and COMPILE_BACKEND == "inductor":
-            def step_with_graphs(*args, _step=step):
-                torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs were consumed
-                return _step(*args)
-            compiled[key] = step_with_graphs
+
+    def __init__(self, model, backend: str = "inductor", mode: Optional[str] = None):
+        if mode is None:
+            mode = "reduce-overhead" if model.tok_embeddings.weight.device.type == "cuda" else "default"
+        self.model = model
+        options = {"mode": mode} if backend == "inductor" else {"backend": backend}
+        self.step = torch.compile(model.decode_step, dynamic=False, fullgraph=True, **options)
+        self.cuda_graphs = backend == "inductor" and mode == "reduce-overhead"
+        self.caches = {}
+
+    def setup_caches(self, batch: int, max_len: int, dtype, device):
+        """Attach this shape's caches to the model's layers, allocated on first use."""
+        key = (batch, max_len, dtype, torch.device(device))
+        if key in self.caches:
+            self.model.attach_caches(self.caches[key])
         else:
-            compiled[key] = step
-    return compiled[key]
+            self.caches[key] = self.model.setup_caches(batch, max_len, dtype, device)  # allocated and attached
+
+    def __call__(self, x: torch.Tensor, freqs: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs were consumed
+        return self.step(x, freqs, pos)
 
 
 def decode_in_pieces(step_fn, x: torch.Tensor, freqs: torch.Tensor, start: int, num_logits: int,
@@ -219,37 +211,45 @@ def decode_in_pieces(step_fn, x: torch.Tensor, freqs: torch.Tensor, start: int, 
     return torch.cat(out, dim=1)
 
 
-@torch.no_grad()
 def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
              token_order: Optional[torch.Tensor] = None, guidance: Optional[Guidance] = None,
              known_tokens: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None,
              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-             static_shapes: bool = False, compile=None, chunk_size: int = STATIC_CHUNK,
-             return_logits: bool = False, tokens_per_step: Optional[Sequence[int]] = None):
-    """Generate image tokens with a RandARTransformer.
+             tokens_per_step: Optional[Sequence[int]] = None,
+             decoder: Optional[CompiledDecoder] = None) -> torch.Tensor:
+    """Generate image tokens with a RandARTransformer: ids (B, N) in raster order.
 
     cond (B,) class ids. token_order (B, N) generation order per sample (a permutation of raster positions;
-    drawn at random, or raster for a raster model, when None). Returns ids (B, N) in raster order, and with
-    return_logits also the (B, N, V) logits each token was drawn from (generation order, after guidance,
-    before temperature/top-k/top-p).
-
+    drawn at random, or raster for a raster model, when None).
     decode: guidance scales, steps, temperature and filtering (DecodeConfig).
     guidance: the branches and how their logits combine (`Guidance`), for an application's own
         guidance; None: class CFG from decode.cfg_scales.
     known_tokens (B, K): ids already known at positions token_order[:, :K]; they enter the cache in one
         forward pass and are returned unchanged. The schedule spreads the N - K unknown tokens over
         decode.num_inference_steps steps; guidance scales follow the fraction of all N tokens known before a step.
-    tokens_per_step: the tokens each step decodes (positive, summing to N - K), instead of that schedule.
     freqs_cis: RoPE table [cls + N, head_dim/2, 2] for another grid (resolution extrapolation).
     seeds (B,) int64: draw each sample's random numbers from its own seed (batch-independent); else torch's
         RNG / generator.
-    static_shapes: after the prefill, feed every step as pieces of chunk_size rows attending to the whole
-        cache (same results): one shape per batch size, whatever the step count. compile: also run those
-        pieces through torch.compile (implies static_shapes): True, or a torch.compile mode (see compile_mode);
-        None: the model's `compile_decoding` (what the sampling tools' --compile sets).
-        The KV cache is allocated once per (batch, length): eager calls free it at the end, compiled calls
-        keep it for later calls of that shape (model.remove_caches() frees them).
+    tokens_per_step: the tokens each step decodes (positive, summing to N - K), instead of that schedule.
+    decoder: run the steps after the prefill through this CompiledDecoder (same tokens up to float round-off);
+        None: eager, with a KV cache allocated for this call only.
     """
+    return _generate(model, cond, decode, token_order=token_order, guidance=guidance, known_tokens=known_tokens,
+                     freqs_cis=freqs_cis, seeds=seeds, generator=generator, tokens_per_step=tokens_per_step,
+                     decoder=decoder)
+
+
+@torch.no_grad()
+def _generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
+              token_order: Optional[torch.Tensor] = None, guidance: Optional[Guidance] = None,
+              known_tokens: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None,
+              seeds: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+              tokens_per_step: Optional[Sequence[int]] = None, decoder: Optional[CompiledDecoder] = None,
+              static_shapes: bool = False, chunk_size: int = STATIC_CHUNK, return_logits: bool = False):
+    """generate, with the knobs of tests and benchmarks. static_shapes: after the prefill, feed every step as
+    pieces of chunk_size rows attending to the whole cache (same results; what the decoder compiles, implied
+    by it): one shape per batch size, whatever the step count. return_logits: also return the (B, N, V) logits
+    each token was drawn from (generation order, after guidance, before temperature/top-k/top-p)."""
     device = cond.device
     B = cond.shape[0]
     if cond.ndim != 1:
@@ -277,7 +277,9 @@ def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
             raise ValueError(f"known token ids must be in [0, {model.vocab_size - 1}]")
 
     guidance = class_cfg(cond, decode.cfg_scales, model.num_classes) if guidance is None else guidance
-    require_null_class(model, guidance.uses_null_class)
+    # Checked where the settings enter (RandAR.sampling.inputs.check_for_model): this is the caller's bug.
+    assert model.cls_embedding.has_null_class or not guidance.uses_null_class, \
+        "guidance needs the null class, which this model (class_dropout_prob=0) does not have"
     n_branch = len(guidance.branch_classes)
 
     # Everything the loop feeds, precomputed for the whole order: (nB, N, ...) with branches stacked.
@@ -298,11 +300,9 @@ def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
         if sum(counts) != N - K or min(counts, default=1) < 1:
             raise ValueError(f"tokens_per_step must be positive counts summing to the {N - K} unknown tokens; "
                              f"got {counts}")
-    mode = compile_mode(getattr(model, "compile_decoding", False) if compile is None else compile, device)
-    static_shapes = static_shapes or mode is not None
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    decode_static = _compiled_decode_step(model, mode) if mode else model.decode_step
+    static_shapes = static_shapes or decoder is not None
+    assert chunk_size >= 1, chunk_size
+    decode_static = model.decode_step if decoder is None else decoder
 
     def embed(ids, keep=None):                                                       # (B, n) -> (nB, n, dim)
         e = model.tok_embeddings(ids)
@@ -322,8 +322,12 @@ def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
     f.append(token_freqs[:, K:K + first])
     x, f, start = torch.cat(x, dim=1), torch.cat(f, dim=1), 0
 
-    # Room for a padded piece past the last slot; the same length for both paths, so they share one cache.
-    model.setup_caches(n_branch * B, cls_n + 2 * N + chunk_size, dtype, device, keep=mode is not None)
+    # Room for a padded piece past the last slot, on both paths (the decoder's caches are kept between calls).
+    max_len = cls_n + 2 * N + chunk_size
+    if decoder is None:
+        model.setup_caches(n_branch * B, max_len, dtype, device)
+    else:
+        decoder.setup_caches(n_branch * B, max_len, dtype, device)
     try:
         a = K                                                                        # first token of this step
         for step, n in enumerate(counts):
@@ -353,7 +357,7 @@ def generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
             start = cls_n + 2 * a + 1                                                # q_a sits at slot cls_n + 2a
             a = b
     finally:
-        model.detach_caches()
+        model.attach_caches(None)
 
     raster = torch.zeros_like(result).scatter_(1, token_order, result)
     return (raster, step_logits) if return_logits else raster

@@ -13,7 +13,7 @@ State-dict keys, shapes and numerics follow the official checkpoints. Generation
 import contextlib
 import math
 from dataclasses import fields
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -94,9 +94,9 @@ class LabelEmbedder(nn.Module):
 
 
 class KVCache(nn.Module):
-    """Keys/values of one layer: (B, n_kv_head, max_len, head_dim), allocated once per (batch, length) and
-    reused across generation calls. Non-persistent buffers: never in the state dict, and torch.compile treats
-    them as fixed addresses, which CUDA graphs need for a cache written in place.
+    """Keys/values of one layer: (B, n_kv_head, max_len, head_dim), allocated per generation call, or once per
+    (batch, length) by a CompiledDecoder. Non-persistent buffers: never in the state dict, and torch.compile
+    treats them as fixed addresses, which CUDA graphs need for a cache written in place.
 
     Slots are sequence indices (not RoPE positions): the caller writes each chunk at its slots.
     """
@@ -128,7 +128,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
         self.attn_dropout_p = attn_dropout_p
         self.resid_dropout = nn.Dropout(resid_dropout_p)
-        self.kv_cache: Optional[KVCache] = None  # set by RandARTransformer.setup_caches for generation
+        self.kv_cache: Optional[KVCache] = None  # attached by RandARTransformer.setup_caches for generation
 
     def forward(self, x, freqs_cis, cache_pos=None, mask: Optional[torch.Tensor] = None):
         """x (B, S, dim), freqs_cis (B, S, head_dim/2, 2).
@@ -184,8 +184,7 @@ class RandARTransformer(nn.Module):
     reading a config drops them (RandAR.utils.compat). Text-to-image is not implemented, the KV cache is sized
     per generation call, and the class token's query and key are always zero (its RoPE rows are zero, and the
     checkpoints depend on that). `initializer_range` only affects initialisation. `num_inference_steps` is
-    the default step count of `generate`, and the attribute `compile_decoding` (False; the tools' `--compile`
-    sets it) the default of its `compile`. `position_order` ("random" or "raster") picks the training order
+    the default step count of `generate`. `position_order` ("random" or "raster") picks the training order
     when none is given.
     """
 
@@ -212,7 +211,6 @@ class RandARTransformer(nn.Module):
         self.cls_token_num = cls_token_num
         self.position_order = position_order
         self.num_inference_steps = num_inference_steps
-        self.compile_decoding = False
         self.grad_checkpointing = grad_checkpointing
         self.initializer_range = initializer_range
 
@@ -299,33 +297,18 @@ class RandARTransformer(nn.Module):
         return token_logits, loss, token_order
 
     # ---- generation ----------------------------------------------------------------------------------
-    def setup_caches(self, batch: int, max_len: int, dtype, device, keep: bool = False):
-        """Attach KV caches for `batch` sequences of up to `max_len` slots to the layers.
+    def setup_caches(self, batch: int, max_len: int, dtype, device) -> List[KVCache]:
+        """New KV caches for `batch` sequences of up to `max_len` slots, one per layer, attached to the layers
+        (where the decode step reads them); returned, so that a CompiledDecoder can keep and re-attach them."""
+        self.attach_caches(None)  # let the previous ones go before allocating
+        caches = [KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype, device) for _ in self.layers]
+        self.attach_caches(caches)
+        return caches
 
-        keep: take them from, or add them to, the model's store of caches, one per (batch, length, dtype,
-        device), so that repeated compiled calls (and the CUDA graphs recorded over them) reuse the same
-        memory, also when calls alternate between shapes (resolution extrapolation: two grids per batch).
-        """
-        key = (batch, max_len, dtype, torch.device(device))
-        store = self.__dict__.setdefault("_kv_caches", {})  # plain dict: not submodules, never checkpointed
-        caches = store.get(key) if keep else None
-        if caches is None:
-            self.detach_caches()  # let a previous unkept cache go before allocating
-            caches = [KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype, device) for _ in self.layers]
-            if keep:
-                store[key] = caches
-        for layer, cache in zip(self.layers, caches):
-            layer.attention.kv_cache = cache
-
-    def detach_caches(self):
-        """Take the caches off the layers (kept ones stay in the store)."""
-        for layer in self.layers:
-            layer.attention.kv_cache = None
-
-    def remove_caches(self):
-        """Free every cache, kept ones included."""
-        self.detach_caches()
-        self.__dict__.get("_kv_caches", {}).clear()
+    def attach_caches(self, caches: Optional[List[KVCache]]):
+        """Put one cache per layer on the layers; None takes them off (nothing of them stays in the model)."""
+        for i, layer in enumerate(self.layers):
+            layer.attention.kv_cache = None if caches is None else caches[i]
 
     def decode_step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache_pos: torch.Tensor,
                     num_logits: Optional[int] = None) -> torch.Tensor:

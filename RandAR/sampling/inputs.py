@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from RandAR.model.builder import build_randar
-from RandAR.model.generate import DecodeConfig, default_steps, require_null_class
+from RandAR.model.generate import DecodeConfig, default_steps
 from RandAR.model.tokenizers import build_tokenizer
 from RandAR.sampling.folder import CLASS_SAMPLING
 from RandAR.utils.checkpoint import CheckpointMismatchError, export_config
@@ -39,7 +39,8 @@ USER_ERRORS = (FileNotFoundError, ValueError, CheckpointMismatchError)
 
 
 def add_model_args(p: argparse.ArgumentParser):
-    """Which weights, in which precision, and whether to compile the decode step."""
+    """Which weights, in which precision, and whether to compile the decode step (the tool then builds one
+    RandAR.model.generate.CompiledDecoder and passes it to every generate call)."""
     p.add_argument("--config", default=None,
                    help="RandAR config (configs/randar/*.yaml): ar_model and tokenizer (default: the config "
                         "training stored in --gpt-ckpt; when both are given they must agree)")
@@ -248,7 +249,10 @@ def check_for_model(model, tokenizer, decode: DecodeConfig, image_size: Optional
                          f"{grid or model.grid_size} tokens into {native}px images (x{tokenizer.downsample_factor}); "
                          f"use --image-size-eval to save another size"
                          + ("" if grid else " (larger grids are resolution extrapolation)"))
-    require_null_class(model, decode.cfg_scales[-1] > 1.0 if guided is None else guided, fix)
+    guided = decode.cfg_scales[-1] > 1.0 if guided is None else guided
+    if guided and not model.cls_embedding.has_null_class:
+        raise ValueError(f"classifier-free guidance needs the null class, but this model was built with "
+                         f"class_dropout_prob=0 (no null-class embedding row): {fix}")
     return replace(decode, num_inference_steps=default_steps(model, decode.num_inference_steps)), native
 
 
@@ -263,14 +267,11 @@ def sampling_settings(decode: DecodeConfig, **settings) -> Dict[str, Any]:
     return {**asdict(decode), **settings}
 
 
-def load_models(inputs: SamplingInputs, device: torch.device, precision: Optional[str] = None,
-                compile: bool = False):
-    """(RandAR model in eval mode in `precision`, tokenizer in float32), both strictly loaded. compile: the
-    model's default for generate's `compile` (the tools' --compile)."""
+def load_models(inputs: SamplingInputs, device: torch.device, precision: Optional[str] = None):
+    """(RandAR model in eval mode in `precision`, tokenizer in float32), both strictly loaded."""
     if device.type == "cuda":
         allow_tf32()  # as the original sampler
     dtype = PRECISIONS[resolve_precision(precision, device)]
     model = build_randar(inputs.config, inputs.gpt_ckpt, device=device, dtype=dtype).eval()
-    model.compile_decoding = compile
     tokenizer = build_tokenizer(inputs.config.tokenizer, inputs.vq_ckpt, device=device)
     return model, tokenizer

@@ -3,7 +3,7 @@
 Export metadata (safetensors header): `format` "randar", `weights` "model" or "ema", `step`, `config` (the whole
 resolved config, JSON) and `ar_model` (its model section, JSON): sampling rebuilds the model from them.
 """
-from RandAR.training.checkpoints import (UNRECORDED, mirror_checkpoint, prune_checkpoints, save_checkpoint,
+from RandAR.training.checkpoint_folders import (UNRECORDED, mirror_checkpoint, prune_checkpoints, save_checkpoint,
                                          state_problem)
 from RandAR.utils.checkpoint import export_metadata, strip_wrapper_prefixes
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from RandAR.dataset.augmentation import to_tokenizer_input
 from RandAR.dataset.imagenet import collate_skip_bad
-from RandAR.training.checkpoints import (find_resume_state, load_state_or_stop, prune_checkpoints, save_checkpoint,
+from RandAR.training.checkpoint_folders import (find_resume_state, load_state_or_stop, prune_checkpoints, save_checkpoint,
                                          state_problem)
 from RandAR.training.lr_schedule import get_scheduler
 from RandAR.training.state import SeededItems, StepBatchSampler
@@ -219,7 +219,7 @@ TRAIN_STATE = "train.pt"  # in a checkpoint folder: optimizer, LR schedule, code
 
 def save_state(ckpt_dir: str, step: int, model, optimizer, scheduler, usage: CodeUsage, metadata: Dict[str, str],
                keep: int):
-    """Checkpoint `step` in training/checkpoints.py's layout: iters_<step>/train.pt (optimizer, schedule, code
+    """Checkpoint `step` in training/checkpoint_folders.py's layout: iters_<step>/train.pt (optimizer, schedule, code
     usage), the weights as the export iters_<step>.safetensors. Keeps the `keep` newest (<= 0: all)."""
     def write_state(folder: str):
         os.makedirs(folder, exist_ok=True)
@@ -237,7 +237,7 @@ def save_state(ckpt_dir: str, step: int, model, optimizer, scheduler, usage: Cod
 def resume_latest(ckpt_dir: str, model, optimizer, scheduler, usage: CodeUsage) -> int:
     """Load the newest checkpoint (strictly) into model, optimizer, schedule and code usage; return its step, or 0
     if there is none. The run then continues as if it had not stopped (same batches, flips and restarts). The newest
-    intact state is taken (a damaged one is named and set aside: training/checkpoints.find_resume_state)."""
+    intact state is taken (a damaged one is named and set aside: training/checkpoint_folders.find_resume_state)."""
     found = find_resume_state([ckpt_dir], lambda line: print(line, flush=True))
     if found is None:
         return 0
