@@ -16,14 +16,16 @@ from safetensors.torch import load_file, save_file
 from RandAR.model.orders import random_permutations
 from RandAR.sampling import folder, image_io, inputs
 from RandAR.utils import run_stamp
-from RandAR.utils.distributed import DistInfo, create_npz_from_sample_folder
+from RandAR.utils.distributed import DistInfo, create_npz_from_sample_folder, default_precision
 from helpers import load_script, write_tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 N = 10
-RUN = "tiny-gpt-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-0"  # 4x4 tokens x2 = 8px, the config's 6 steps
+# Runs without --precision sample in the CPU's default: bf16 where it has native bfloat16, else float32.
+PREC = {"bf16": "bf16", "none": "fp32"}[default_precision("cpu")]
+RUN = f"tiny-gpt-size-8-8-cfg-1.0-3.0-steps-6-{PREC}-seed-0"  # 4x4 tokens x2 = 8px, the config's 6 steps
 DIST = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
@@ -272,7 +274,7 @@ def test_debug_writes_one_grid(weights, tmp_path):
 def test_eval_size_and_name(weights, tmp_path):
     sample_c2i.main(flags(weights, tmp_path, "--image-size-eval", "16", "--class-sampling", "balanced",
                           "--top-k", "5", num=3))
-    name = "tiny-gpt-size-8-16-cfg-1.0-3.0-steps-6-fp32-topk-5-balanced-seed-0"
+    name = f"tiny-gpt-size-8-16-cfg-1.0-3.0-steps-6-{PREC}-topk-5-balanced-seed-0"
     with np.load(tmp_path / f"{name}.npz") as data:
         assert data["arr_0"].shape == (3, 16, 16, 3)
 

@@ -1,140 +1,78 @@
-"""Byte-for-byte outputs of the sampling tools on the tiny fixture model with fixed seeds: sample_c2i.py (the
-PNGs and the .npz array), inpaint, outpaint, resolution extrapolation (its own script and the CFG search's
-documented form of it) and the CFG search's --debug grids. The hashes were recorded from the code before the
-sampling side was restructured (resolution extrapolation's after its schedule became the original's); any
-change of what these tools draw or write changes them.
+"""The outputs of the sampling tools on the tiny fixture model with fixed seeds: sample_c2i.py (the PNGs and the
+.npz array), inpaint, outpaint, resolution extrapolation (its own script and the CFG search's documented form of
+it) and the CFG search's --debug grids, against tests/fixtures/sampling_outputs.npz. Any change of what these tools
+draw or write changes them: a different token changes a whole patch of pixels.
 
-RANDAR_PRINT_HASHES=1 prints the hashes a run makes instead of comparing them.
+The fixture holds every image's pixels and every run stamp's sampling settings, recorded from the code before the
+sampling side was restructured (resolution extrapolation's after its schedule became the original's); the
+restructured code gave byte-identical files on the same machine. Across CPUs, float32 kernels (AVX2, AVX512) round
+differently, and the tokenizer's decoder output can then land on the neighbouring uint8 level: pixels may differ
+by 1 level, in at most 1% of the values (seen: 1 value of 768); tokens and stamps must be identical.
+RANDAR_RECORD_OUTPUTS=1 rewrites the fixture's entries from this run instead of comparing.
 """
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
+EXPECTED = os.path.join(FIX, "sampling_outputs.npz")
 CONFIG = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
+# float32 on every CPU: without --precision the tools pick bf16 where the CPU has native bfloat16.
 MODEL = ["--config", CONFIG, "--gpt-ckpt", os.path.join(FIX, "randar_tiny.safetensors"),
-         "--vq-ckpt", os.path.join(FIX, "vq_tiny.safetensors")]
-PRINT = bool(os.environ.get("RANDAR_PRINT_HASHES"))
-
-EXPECTED = {
-    'sample_c2i': {
-        'g-randar_tiny-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-3.npz':
-            'b7f3c822fc8fcbb7',
-        'g-randar_tiny-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-3.stamp.json':
-            '1044ae05293dd920',
-        'g-randar_tiny-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-3/000000.png':
-            '5c28e710ac694b0b',
-        'g-randar_tiny-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-3/000001.png':
-            'aa8d5dd6494926cf',
-        'g-randar_tiny-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-3/000002.png':
-            '81f8aea2734ed2a1',
-        'g-randar_tiny-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-3/000003.png':
-            'bff67b0884deece6',
-        'g-randar_tiny-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-3/000004.png':
-            '92d81448df040851',
-        'k-randar_tiny-size-8-8-cfg-2.0-2.0-steps-4-fp32-temp-0.9-topk-20-topp-0.8-balanced-seed-0.npz':
-            '740f56c52a967ca0',
-        'k-randar_tiny-size-8-8-cfg-2.0-2.0-steps-4-fp32-temp-0.9-topk-20-topp-0.8-balanced-seed-0.stamp.json':
-            'a96a607c02086f43',
-        'k-randar_tiny-size-8-8-cfg-2.0-2.0-steps-4-fp32-temp-0.9-topk-20-topp-0.8-balanced-seed-0/000000.png':
-            'd8eea4f15a1c8f71',
-        'k-randar_tiny-size-8-8-cfg-2.0-2.0-steps-4-fp32-temp-0.9-topk-20-topp-0.8-balanced-seed-0/000001.png':
-            '899c4906414e9571',
-        'k-randar_tiny-size-8-8-cfg-2.0-2.0-steps-4-fp32-temp-0.9-topk-20-topp-0.8-balanced-seed-0/000002.png':
-            'e97ec0761328e9ec',
-    },
-    # The per-sample PNGs are the restructuring's; the comparison strips were recorded after they gained captioned
-    # columns and the tokenizer's reconstruction (issue 22).
-    'inpaint_outpaint': {
-        'inpaint/in_inpaint_000.png':
-            'bc0dcce2d32ac14c',
-        'inpaint/in_inpaint_001.png':
-            '4f63a30c13b813f5',
-        'inpaint/in_inpaint_002.png':
-            'd60fb73d12c3caaf',
-        'inpaint/in_inpaint_comparison.png':
-            '93f5a7c6c129fa5d',
-        'outpaint/in_outpaint_000.png':
-            '75198f47bb257f5f',
-        'outpaint/in_outpaint_001.png':
-            '8540430ce5cdab8d',
-        'outpaint/in_outpaint_002.png':
-            'acfbb33a3028f790',
-        'outpaint/in_outpaint_comparison.png':
-            'e652c2a75c8b7455',
-    },
-    # Recorded after the second pass took the original's parallel-decoding schedule (the fixture test in
-    # test_applications.py checks that schedule against the original code), and its stamp records it.
-    'resolution_extrapolation': {
-        'search/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0.npz':
-            '0d324f2a7e8a3c96',
-        'search/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0.stamp.json':
-            '702ece0612858752',
-        'search/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0/000000.png':
-            '7125008e40709ff4',
-        'search/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0/000001.png':
-            '76ae38b62903751f',
-        'search/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0/000002.png':
-            '838ef80c561bddc6',
-        'tool/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0.npz':
-            '0d324f2a7e8a3c96',
-        'tool/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0.stamp.json':
-            '702ece0612858752',
-        'tool/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0/000000.png':
-            '7125008e40709ff4',
-        'tool/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0/000001.png':
-            '76ae38b62903751f',
-        'tool/x-randar_tiny-size-16-16-cfg-3.0-3.0-steps-5-fp32-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0/000002.png':
-            '838ef80c561bddc6',
-    },
-    'cfg_search_debug': {
-        's-randar_tiny-size-8-8-cfg-1.0-1.0-steps-6-fp32-seed-0-debug.png':
-            '46e01116bcfcd61f',
-        's-randar_tiny-size-8-8-cfg-1.0-3.0-steps-6-fp32-seed-0-debug.png':
-            '11d804a5f5bbffa9',
-    },
-}
+         "--vq-ckpt", os.path.join(FIX, "vq_tiny.safetensors"), "--precision", "none"]
+RECORD = bool(os.environ.get("RANDAR_RECORD_OUTPUTS"))
+PIXEL_ATOL, PIXEL_FRACTION = 1, 0.01
 
 
-def sha(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
-
-
-def hashes(folder) -> dict:
-    """sha256 (first 16 hex digits) of every PNG under `folder`, of the array of every .npz (the zip
-    container stores write times, its array does not) and of the sampling settings of every run stamp."""
+def outputs(folder) -> dict:
+    """Every PNG's pixels, every .npz's array (the zip container stores write times, its array does not) and the
+    sampling settings of every run stamp (an earlier run resumes on them) under `folder`, by relative path."""
     out = {}
     for dirpath, _, names in os.walk(folder):
         for name in sorted(names):
             path = os.path.join(dirpath, name)
             key = os.path.relpath(path, folder)
             if name.endswith(".png"):
-                out[key] = sha(path)
+                out[key] = np.asarray(Image.open(path))
             elif name.endswith(".npz"):
                 with np.load(path) as data:
-                    arr = data["arr_0"]
-                out[key] = hashlib.sha256(str(arr.shape).encode() + arr.tobytes()).hexdigest()[:16]
-            elif name.endswith(".stamp.json"):  # the sampling settings it records (an earlier run resumes on them)
+                    out[key] = data["arr_0"]
+            elif name.endswith(".stamp.json"):
                 with open(path) as f:
-                    settings = json.dumps(json.load(f)["sampling"], sort_keys=True)
-                out[key] = hashlib.sha256(settings.encode()).hexdigest()[:16]
+                    out[key] = np.array(json.dumps(json.load(f)["sampling"], sort_keys=True))
     return dict(sorted(out.items()))
 
 
+def record(name, got):
+    stored = dict(np.load(EXPECTED)) if os.path.isfile(EXPECTED) else {}
+    stored = {k: v for k, v in stored.items() if not k.startswith(name + "|")}
+    stored.update({f"{name}|{k}": v for k, v in got.items()})
+    np.savez_compressed(EXPECTED, **stored)
+
+
 def check(name, folder):
-    got = hashes(folder)
+    got = outputs(folder)
     assert got, f"{name}: nothing written"
-    if PRINT:
-        print(f"\n    {name!r}: {got!r},")
-        return
-    assert got == EXPECTED[name]
+    if RECORD:
+        return record(name, got)
+    with np.load(EXPECTED) as f:
+        want = {k.split("|", 1)[1]: f[k] for k in f.files if k.startswith(name + "|")}
+    assert sorted(got) == sorted(want)
+    for key, w in want.items():
+        g = got[key]
+        assert g.shape == w.shape and g.dtype == w.dtype, key
+        if w.dtype.kind == "U":  # a stamp's settings
+            assert str(g) == str(w), key
+            continue
+        diff = np.abs(g.astype(np.int64) - w.astype(np.int64))
+        assert diff.max() <= PIXEL_ATOL and (diff > 0).mean() <= PIXEL_FRACTION, \
+            f"{key}: {(diff > 0).sum()} of {diff.size} values differ, by up to {diff.max()}"
 
 
 @pytest.fixture(scope="module")
