@@ -327,6 +327,30 @@ def test_bf16_smoke():
     assert model.freqs_cis.dtype == torch.float32  # RoPE stays float32 under a bf16 model
 
 
+def test_cpu_bf16_generation_keeps_a_float32_cache_with_the_same_logits(monkeypatch):
+    """A bf16 model on CPU attends in float32: its KV cache is float32 (no upcast of the whole cache per step),
+    holding the same bf16 keys and values exactly, so tokens and logits equal those of a bf16 cache."""
+    model = random_model(13).to(torch.bfloat16)
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(3)])
+    cond, seeds = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    real, dtypes = RandARTransformer.setup_caches, []
+
+    def recording(self, batch, max_len, dtype, device):
+        dtypes.append(dtype)
+        return real(self, batch, max_len, dtype, device)
+
+    def bf16_cache(self, batch, max_len, dtype, device):
+        return real(self, batch, max_len, torch.bfloat16, device)
+
+    kw = dict(cfg_scales=(1.0, 3.0), num_inference_steps=5, top_k=8, token_order=order, seeds=seeds)
+    monkeypatch.setattr(RandARTransformer, "setup_caches", recording)
+    ids, logits = generate_logits(model, cond, **kw)
+    assert dtypes == [torch.float32]
+    monkeypatch.setattr(RandARTransformer, "setup_caches", bf16_cache)
+    ref, ref_logits = generate_logits(model, cond, **kw)
+    assert torch.equal(ids, ref) and torch.equal(logits, ref_logits)
+
+
 def test_cpu_bf16_autocast_matches_reference_and_attends_in_float32(ref_model, monkeypatch):
     """CPU bf16 training (the quickstart's) stays close to the float32 reference; attention itself runs in
     float32 there, because CPU's bf16 attention kernels are slower."""
