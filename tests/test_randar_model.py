@@ -336,11 +336,15 @@ def test_cpu_bf16_generation_keeps_a_float32_cache_with_the_same_logits(monkeypa
     real, dtypes = RandARTransformer.setup_caches, []
 
     def recording(self, batch, max_len, dtype, device):
-        dtypes.append(dtype)
-        return real(self, batch, max_len, dtype, device)
+        caches = real(self, batch, max_len, dtype, device)
+        dtypes.append(caches[0].k.dtype)
+        return caches
 
     def bf16_cache(self, batch, max_len, dtype, device):
-        return real(self, batch, max_len, torch.bfloat16, device)
+        caches = real(self, batch, max_len, dtype, device)
+        for c in caches:
+            c.k, c.v = c.k.bfloat16(), c.v.bfloat16()
+        return caches
 
     kw = dict(cfg_scales=(1.0, 3.0), num_inference_steps=5, top_k=8, token_order=order, seeds=seeds)
     monkeypatch.setattr(RandARTransformer, "setup_caches", recording)

@@ -324,13 +324,10 @@ def _generate(model, cond: torch.Tensor, decode: DecodeConfig = DecodeConfig(),
 
     # Room for a padded piece past the last slot, on both paths (the decoder's caches are kept between calls).
     max_len = cls_n + 2 * N + chunk_size
-    # On CPU, bf16 models attend in float32 (Attention.forward): a float32 cache holds the same bf16 keys and
-    # values exactly and spares casting the whole cache up at every step of every layer.
-    cache_dtype = torch.float32 if device.type == "cpu" and dtype == torch.bfloat16 else dtype
     if decoder is None:
-        model.setup_caches(n_branch * B, max_len, cache_dtype, device)
+        model.setup_caches(n_branch * B, max_len, dtype, device)
     else:
-        decoder.setup_caches(n_branch * B, max_len, cache_dtype, device)
+        decoder.setup_caches(n_branch * B, max_len, dtype, device)
     try:
         a = K                                                                        # first token of this step
         for step, n in enumerate(counts):

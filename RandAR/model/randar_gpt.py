@@ -116,6 +116,13 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+def attention_dtype(dtype, device) -> torch.dtype:
+    """The dtype attention computes in: CPU's bfloat16 attention kernels run 2-3x slower than float32 (torch 2.x),
+    so bf16 on CPU attends in float32; KV caches are stored in it (bf16 keys and values held exactly, no upcast of
+    the whole cache at every step)."""
+    return torch.float32 if torch.device(device).type == "cpu" and dtype == torch.bfloat16 else dtype
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, n_head: int, n_kv_head: Optional[int], attn_dropout_p: float, resid_dropout_p: float):
         super().__init__()
@@ -149,10 +156,10 @@ class Attention(nn.Module):
         if self.n_kv_head != self.n_head:  # grouped-query attention: share each kv head among n_head/n_kv queries
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        # CPU's bfloat16 attention kernels run 2-3x slower than float32 (torch 2.x): attend in float32 there
-        # (autocast off, or it would cast back); the projections around it keep the bfloat16 speed-up.
+        # Attend in float32 where attention_dtype says so (autocast off, or it would cast back); the projections
+        # around it keep the bfloat16 speed-up.
         dtype = q.dtype
-        upcast = q.device.type == "cpu" and dtype == torch.bfloat16
+        upcast = attention_dtype(dtype, q.device) != dtype
         if upcast:
             q, k, v = q.float(), k.float(), v.float()
         with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
@@ -299,8 +306,10 @@ class RandARTransformer(nn.Module):
     # ---- generation ----------------------------------------------------------------------------------
     def setup_caches(self, batch: int, max_len: int, dtype, device) -> List[KVCache]:
         """New KV caches for `batch` sequences of up to `max_len` slots, one per layer, attached to the layers
-        (where the decode step reads them); returned, so that a CompiledDecoder can keep and re-attach them."""
+        (where the decode step reads them); returned, so that a CompiledDecoder can keep and re-attach them.
+        `dtype` is the activations'; the caches hold attention_dtype of it."""
         self.attach_caches(None)  # let the previous ones go before allocating
+        dtype = attention_dtype(dtype, device)
         caches = [KVCache(batch, self.n_kv_head, max_len, self.head_dim, dtype, device) for _ in self.layers]
         self.attach_caches(caches)
         return caches
