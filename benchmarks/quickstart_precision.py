@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import quickstart as qs  # noqa: E402
-from RandAR.sampling.folder import class_labels  # noqa: E402
+from RandAR.sampling.folder import class_labels, precision_name  # noqa: E402
 from RandAR.toy.classifier import build_toy_extractor  # noqa: E402
 from RandAR.utils.distributed import describe_cpu  # noqa: E402
 
@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
             "--per-proc-batch-size", args.batch_size, "--global-seed", args.seed, "--sample-dir", samples,
             "--top-k", qs.TOP_K, "--cfg-scales", f"1.0,{best}", "--num-inference-steps", args.num_inference_steps,
             "--num-fid-samples", args.num_samples, "--precision", precision], logs)
-        name = "fp32" if precision == "none" else precision
+        name = precision_name(precision)
         npz = max(glob.glob(os.path.join(samples, f"*-steps-{args.num_inference_steps}-{name}*.npz")),
                   key=os.path.getmtime)
         qs.run(f"eval_precision_{precision}", ["-m", "RandAR.toy.classifier", os.path.join(out, "val_reference.npz"),

@@ -1,6 +1,5 @@
 """Config schemas (RandAR.utils.config_schema), train_c2i.py's checks before any work, and checkpoint retention."""
 import ast
-import dataclasses
 import glob
 import os
 import re

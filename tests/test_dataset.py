@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from RandAR.dataset.augmentation import center_crop_arr, five_crop, make_views, ten_crop, views_transform
+from RandAR.dataset.augmentation import center_crop_arr, make_views, views_transform
 from RandAR.dataset.builder import build_image_dataset, build_latent_dataset
 from RandAR.dataset.imagenet import BadImage, ImageFolderDataset, ImageTarDataset, collate_skip_bad
 from RandAR.dataset.latent import (MANIFEST_NAME, INatLatentDataset, LatentCodeDataset, check_codes_fit,

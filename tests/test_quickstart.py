@@ -12,7 +12,7 @@ from PIL import Image
 
 from RandAR.toy.classifier import load_classifier
 from RandAR.utils.config import load_config
-from RandAR.sampling.folder import class_labels
+from RandAR.sampling.folder import class_labels, precision_name
 from RandAR.utils.distributed import default_precision, describe_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def test_quickstart_quick_run(tmp_path):
     assert set(metrics["cfg_search"]) == {"1.0", "2.0"} and set(metrics["steps"]) == {"64", "22", "8"}
     # The precision follows the CPU's capabilities (this machine's, as RandAR.utils.distributed reads them).
     assert metrics["cpu"] == describe_cpu() and metrics["cpu"] in r.stdout
-    assert metrics["precision"] == {"bf16": "bf16", "none": "fp32"}[default_precision("cpu")]
+    assert metrics["precision"] == precision_name(default_precision("cpu"))
     search = json.load(open(out / "search.json"))
     assert metrics["best_cfg_scale"] == min((1.0, 2.0), key=lambda s: search["search"][str(s)]["fid"])
     # Class accuracy and FID recomputed from the packed samples with the bare classifier: argmax of its logits

@@ -24,7 +24,7 @@ CONFIG = os.path.join(ROOT, "configs", "randar", "randar_tiny.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 N = 10
 # Runs without --precision sample in the CPU's default: bf16 where it has native bfloat16, else float32.
-PREC = {"bf16": "bf16", "none": "fp32"}[default_precision("cpu")]
+PREC = folder.precision_name(default_precision("cpu"))
 RUN = f"tiny-gpt-size-8-8-cfg-1.0-3.0-steps-6-{PREC}-seed-0"  # 4x4 tokens x2 = 8px, the config's 6 steps
 DIST = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

@@ -18,6 +18,7 @@ from helpers import load_script
 from RandAR.sampling import inputs
 from RandAR.utils.checkpoint import export_config, save_export
 from RandAR.utils.config import load_config
+from RandAR.sampling.folder import precision_name
 from RandAR.utils.distributed import default_precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,7 +128,7 @@ def test_resolution_extrapolation_tool(tmp_path):
            "--num-inference-steps", "8", "--sample-dir", str(tmp_path)]
     out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    prec = {"bf16": "bf16", "none": "fp32"}[default_precision("cpu")]  # no --precision: the CPU's default
+    prec = precision_name(default_precision("cpu"))  # no --precision: the CPU's default
     run = f"tiny-randar_tiny-size-16-16-cfg-3.0-3.0-steps-8-{prec}-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0"
     assert sorted(os.listdir(tmp_path / run)) == [f"{i:06d}.png" for i in range(5)]
     with np.load(tmp_path / f"{run}.npz") as data:
@@ -142,7 +143,7 @@ def test_search_cfg_weights_documented_command(tmp_path):
                  "--per-proc-batch-size", "4", "--cfg-scales", "3.0,3.0", "--spatial-cfg-scales", "2.5,2.5",
                  "--num-inference-steps", "1024", "--sample-dir", str(tmp_path), "--debug"])
     [grid] = os.listdir(tmp_path)
-    prec = {"bf16": "bf16", "none": "fp32"}[default_precision("cpu")]
+    prec = precision_name(default_precision("cpu"))
     assert grid.endswith(f"-steps-1024-{prec}-extrap-2-ntk-2-scfg-2.5-2.5-smask-0.5-seed-0-debug.png")
     assert read(tmp_path / grid).shape == (2 * 18 + 2, 2 * 18 + 2, 3)  # 2x2 images of 16 px, 2 px padding
     assert torch.is_grad_enabled()  # the tools leave the process's autograd mode alone

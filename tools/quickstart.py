@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from RandAR.sampling.folder import class_labels  # noqa: E402
+from RandAR.sampling.folder import class_labels, precision_name  # noqa: E402
 from RandAR.toy.data import load_tar_arrays  # noqa: E402
 from RandAR.toy.classifier import build_toy_extractor  # noqa: E402
 from RandAR.utils.atomic import atomic_path, write_json  # noqa: E402
@@ -342,7 +342,7 @@ def quickstart(out: str, seed: int, quick: bool, force: bool) -> dict:
     metrics["wall_time_s"] = time.time() - t0
     metrics["cpu_threads"] = threads
     metrics["cpu"] = cpu
-    metrics["precision"] = "bf16" if bf16 else "fp32"
+    metrics["precision"] = precision_name(default_precision("cpu"))
 
     final_images = load_npz(search["final"]["sample_npz"])
     final_labels = np.array(class_labels(range(len(final_images)), NUM_CLASSES, seed))

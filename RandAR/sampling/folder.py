@@ -39,6 +39,11 @@ DECODE_DEFAULTS = {f.name: f.default for f in fields(DecodeConfig)
                    if f.name not in ("cfg_scales", "num_inference_steps")}  # always in the name
 
 
+def precision_name(precision: str) -> str:
+    """How a sampling precision ("bf16", "fp16", "none") is spelt in run names and reports: "none" is "fp32"."""
+    return "fp32" if precision == "none" else precision
+
+
 def run_name(exp_name: str, ckpt_name: str, settings: Dict[str, Any], with_cfg: bool = True) -> str:
     """Every setting of `settings` (a run stamp's "sampling" part: DecodeConfig's fields, image sizes, precision,
     seed, class sampling, resolution extrapolation's) that changes the pixels, spelt out, e.g.
@@ -48,7 +53,7 @@ def run_name(exp_name: str, ckpt_name: str, settings: Dict[str, Any], with_cfg: 
     a, b = s["cfg_scales"]
     name = (f"{exp_name}-{ckpt_name}-size-{s['image_size']}-{s['image_size_eval']}"
             + (f"-cfg-{a}-{b}" if with_cfg else "")
-            + f"-steps-{s['num_inference_steps']}-{'fp32' if s['precision'] == 'none' else s['precision']}")
+            + f"-steps-{s['num_inference_steps']}-{precision_name(s['precision'])}")
     for key, default in DECODE_DEFAULTS.items():
         if s[key] != default:
             name += f"-{NAME_TAGS.get(key, key.replace('_', ''))}-{s[key]}"
