@@ -279,7 +279,7 @@ def test_eval_size_and_name(weights, tmp_path):
         assert data["arr_0"].shape == (3, 16, 16, 3)
 
 
-def test_clear_errors(weights, tmp_path):
+def test_clear_errors(weights, tmp_path, capsys):
     with pytest.raises(SystemExit, match="randar_xl_0.7b_llamagen.yaml"):  # a misspelt config name
         sample_c2i.main(flags(weights, tmp_path)[:2] + ["--config", "configs/randar/randar_xl_0.7b_llamgen.yaml"]
                         + flags(weights, tmp_path)[4:])
@@ -287,6 +287,11 @@ def test_clear_errors(weights, tmp_path):
         sample_c2i.main(flags(weights, tmp_path, "--image-size", "256"))
     with pytest.raises(SystemExit, match="two numbers"):
         sample_c2i.main(flags(weights, tmp_path, "--cfg-scales", "4.0"))
+    for steps in ("0", "-2"):  # refused where the flag is parsed, before the model is built
+        with pytest.raises(SystemExit) as exit_info:
+            sample_c2i.main(flags(weights, tmp_path, "--num-inference-steps", steps))
+        assert exit_info.value.code == 2
+        assert f"--num-inference-steps: {steps}: a step count is -1" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
 
 

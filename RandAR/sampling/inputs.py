@@ -61,7 +61,7 @@ def add_decoding_args(p: argparse.ArgumentParser, cfg_scales: Optional[str] = "1
         p.add_argument("--cfg-scales", default=cfg_scales,
                        help="class CFG scale, linear from the first value (nothing decoded) to the second (all "
                             "decoded); a,a for a constant scale; guidance is off when the second is <= 1")
-    p.add_argument("--num-inference-steps", type=int, default=None,
+    p.add_argument("--num-inference-steps", type=step_count, default=None,
                    help="parallel-decoding steps of the tokens to generate (default: the config's ar_model "
                         "num_inference_steps; -1 or the token count = one token per step)")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -105,6 +105,14 @@ def add_editing_args(p: argparse.ArgumentParser, default_output_dir: str):
     p.add_argument("--paste-known", type=feather_width, default=None, metavar="WIDTH",
                    help="paste the input's pixels back over the completions outside the generated cells, blended "
                         "into them over WIDTH pixels (0: a hard edge); default: the decoded tokens as they are")
+
+
+def step_count(text: str) -> int:
+    """--num-inference-steps' value: -1 (one token per step) or a count of at least 1."""
+    steps = int(text)
+    if steps != -1 and steps < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a step count is -1 (one token per step) or at least 1")
+    return steps
 
 
 def feather_width(text: str) -> int:
