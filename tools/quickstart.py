@@ -227,7 +227,8 @@ def quickstart(out: str, seed: int, quick: bool, force: bool) -> dict:
     os.makedirs(results, exist_ok=True)
     t0 = time.time()
     # Training and sampling run in bf16 on CPUs with native bfloat16 (about 2x faster there), else in float32.
-    cpu, bf16 = describe_cpu(), default_precision("cpu") == "bf16"
+    cpu, precision = describe_cpu(), default_precision("cpu")
+    bf16 = precision == "bf16"
     print(f"CPU: {cpu}; training and sampling in {'bf16' if bf16 else 'float32'}", flush=True)
     data = os.path.join(out, "data")
     vq = os.path.join(out, "tokenizer", "vq.safetensors")
@@ -265,11 +266,11 @@ def quickstart(out: str, seed: int, quick: bool, force: bool) -> dict:
     if not os.path.isfile(gpt):
         short = [f"max_iters={gpt_iters}", f"ckpt_every={gpt_iters}", f"visualize_every={gpt_iters}",
                  "log_every=1"] if size["gpt_iters"] else []
-        precision = "bf16" if bf16 else "no"
+        mixed_precision = "bf16" if bf16 else "no"
         run("train", ["train_c2i.py", "--config", MODEL_CONFIG, "--exp-name", EXP, "--data-path", codes,
                       "--vq-ckpt", vq, "--results-dir", train_dir, "--wandb-offline", "--num-workers", 0,
                       "--global-seed", seed,
-                      f"accelerator.mixed_precision={precision}", *short], logs)
+                      f"accelerator.mixed_precision={mixed_precision}", *short], logs)
 
     common = ["--config", MODEL_CONFIG, "--exp-name", EXP, "--gpt-ckpt", gpt, "--vq-ckpt", vq,
               "--per-proc-batch-size", size["batch"], "--global-seed", seed, "--sample-dir", samples,
@@ -342,7 +343,7 @@ def quickstart(out: str, seed: int, quick: bool, force: bool) -> dict:
     metrics["wall_time_s"] = time.time() - t0
     metrics["cpu_threads"] = threads
     metrics["cpu"] = cpu
-    metrics["precision"] = precision_name(default_precision("cpu"))
+    metrics["precision"] = precision_name(precision)
 
     final_images = load_npz(search["final"]["sample_npz"])
     final_labels = np.array(class_labels(range(len(final_images)), NUM_CLASSES, seed))

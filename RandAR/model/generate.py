@@ -123,6 +123,11 @@ class DecodeConfig:
     top_p: float = 1.0
 
 
+def valid_step_count(num_inference_steps: int) -> bool:
+    """A parallel-decoding step count is -1 (one token per step) or at least 1."""
+    return num_inference_steps == -1 or num_inference_steps >= 1
+
+
 def parallel_decoding_schedule(num_tokens: int, num_inference_steps: int, num_known: int = 0) -> List[int]:
     """Tokens decoded at each step: one first, then a cosine ramp so that about `num_inference_steps` steps
     decode all `num_tokens` (-1 or num_tokens: one token per step). Equal to the original's bookkeeping,
@@ -135,9 +140,9 @@ def parallel_decoding_schedule(num_tokens: int, num_inference_steps: int, num_kn
     if num_tokens <= 0:
         return []
     all_tokens = num_known + num_tokens
-    total = all_tokens if num_inference_steps in (-1, None) else num_inference_steps
-    if total < 1:
+    if num_inference_steps is not None and not valid_step_count(num_inference_steps):
         raise ValueError(f"num_inference_steps must be -1 or >= 1, got {num_inference_steps}")
+    total = all_tokens if num_inference_steps in (-1, None) else num_inference_steps
     counts, done = [1], num_known + 1
     while done < all_tokens:
         t = len(counts)

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from RandAR.model.builder import build_randar
-from RandAR.model.generate import DecodeConfig, default_steps
+from RandAR.model.generate import DecodeConfig, default_steps, valid_step_count
 from RandAR.model.tokenizers import build_tokenizer
 from RandAR.sampling.folder import CLASS_SAMPLING
 from RandAR.utils.checkpoint import CheckpointMismatchError, export_config
@@ -110,7 +110,7 @@ def add_editing_args(p: argparse.ArgumentParser, default_output_dir: str):
 def step_count(text: str) -> int:
     """--num-inference-steps' value: -1 (one token per step) or a count of at least 1."""
     steps = int(text)
-    if steps != -1 and steps < 1:
+    if not valid_step_count(steps):
         raise argparse.ArgumentTypeError(f"{text}: a step count is -1 (one token per step) or at least 1")
     return steps
 
